@@ -1,0 +1,179 @@
+"""Durable, atomic file writes that keep the lab's permissions.
+
+Every file labpipe writes outside SQLite goes through :func:`atomic_write` or
+:func:`publish`: the bytes go to a dot-prefixed temporary file in the destination folder
+(dot-prefixed so pandas, pyarrow and Dask skip it), are flushed and fsynced, then
+``os.replace`` swaps them in and the folder is fsynced so the rename survives a power loss.
+
+Temporary files are created with ``open(..., "xb")``, which honours the umask (0644 under
+022). ``tempfile.mkstemp`` would create 0600 files that the rest of the lab cannot read.
+
+``OSError`` from the disk (full, read-only, permission denied) becomes
+:class:`labpipe.errors.EnvironmentFailure` naming the path and the free space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from labpipe.errors import EnvironmentFailure
+
+_ENV_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EFBIG,
+}
+
+
+def free_bytes(path: Path) -> int | None:
+    """Return the free space of the filesystem holding ``path`` (None when unknown)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def environment_failure(exc: OSError, path: Path) -> EnvironmentFailure:
+    """Turn an ``OSError`` of the machine into an :class:`EnvironmentFailure` for ``path``.
+
+    Parameters
+    ----------
+    exc
+        The error the operating system raised.
+    path
+        The file or folder labpipe was writing.
+
+    Returns
+    -------
+    EnvironmentFailure
+        With a message naming the path, the error and, for a full disk, the free space.
+    """
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = free_bytes(path)
+        free_txt = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+        return EnvironmentFailure(
+            f"The disk holding {path} is full ({free_txt}); nothing already ingested was lost.",
+            path=str(path),
+            hint="Free some space and run the command again.",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EnvironmentFailure(
+            f"labpipe may not write {path} ({os.strerror(exc.errno)}).",
+            path=str(path),
+            hint="Check the folder's owner and permissions, then run the command again.",
+        )
+    return EnvironmentFailure(
+        f"Writing {path} failed: {exc.strerror or exc}.",
+        path=str(path),
+        hint="Check the disk, then run the command again.",
+    )
+
+
+def is_environment_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` is a failure of the machine rather than of labpipe."""
+    return isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in folder ``path`` durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; renames there are journaled by NTFS
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(dest: Path) -> Path:
+    """Return a fresh dot-prefixed temporary path beside ``dest``."""
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(dest: Path) -> Iterator[BinaryIO]:
+    """Write ``dest`` atomically: readers see the old file or the whole new one.
+
+    Parameters
+    ----------
+    dest
+        The final path. Its folder is created when missing.
+
+    Yields
+    ------
+    BinaryIO
+        A binary file object to write the new content to.
+
+    Raises
+    ------
+    EnvironmentFailure
+        When the disk refuses the write (full, read-only, permission denied).
+    """
+    tmp = temp_name(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        _discard(tmp)
+        if is_environment_error(exc):
+            raise environment_failure(exc, dest) from exc
+        raise
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    """Atomically replace ``dest`` with ``data`` (see :func:`atomic_write`)."""
+    with atomic_write(dest) as fh:
+        fh.write(data)
+
+
+def write_text(dest: Path, text: str) -> None:
+    """Atomically replace ``dest`` with UTF-8 ``text`` (``\\n`` line ends)."""
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def publish(src: Path, dest: Path) -> None:
+    """Move a staged, fsynced file into place with ``os.replace`` and fsync the folder.
+
+    Parameters
+    ----------
+    src
+        The staged file; must be on the same filesystem as ``dest``.
+    dest
+        The final path.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        if is_environment_error(exc):
+            raise environment_failure(exc, dest) from exc
+        raise
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
