@@ -150,7 +150,7 @@ def write_bytes(dest: Path, data: bytes) -> None:
 
 
 def write_text(dest: Path, text: str) -> None:
-    """Atomically replace ``dest`` with UTF-8 ``text`` (``\\n`` line ends)."""
+    """Atomically replace ``dest`` with UTF-8 ``text``."""
     write_bytes(dest, text.encode("utf-8"))
 
 

@@ -1,0 +1,3 @@
+from labpipe.cli import main
+
+main()

@@ -1,0 +1,256 @@
+"""The ``labpipe`` command line: parse options, call one library function, print.
+
+This is the only module that imports click and the only place where errors become
+messages and exit codes:
+
+0 done; 1 done but some input was set aside; 2 usage or config error; 3 another run holds
+the lock; 4 the machine failed us (disk full, permission denied); 5 a bug in labpipe (one
+line on stderr, the traceback in the log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labpipe import config as config_mod
+from labpipe import ingest as ingest_mod
+from labpipe import logs, medpc
+from labpipe.errors import LabpipeError
+
+logger = logging.getLogger("labpipe.cli")
+
+_STATE: dict[str, Any] = {"log_file": None, "debug": False}
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("configs/experiment.toml"),
+    show_default=True,
+    help="The experiment config (its folder's parent is the lab folder).",
+)
+
+
+def _load(config_path: Path) -> config_mod.Experiment:
+    cfg = config_mod.load_config(config_path)
+    _STATE["log_file"] = logs.configure(
+        cfg.processed_dir / "logs", run_id=_STATE["run_id"], verbose=False
+    )
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="labpipe")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Turn MED-PC files from self-administration experiments into data and reports."""
+    _STATE["debug"] = debug
+
+
+@cli.command()
+@click.argument("lab_dir", type=click.Path(path_type=Path, file_okay=False))
+def init(lab_dir: Path) -> int:
+    """Write a lab-folder skeleton with a commented example config into LAB_DIR."""
+    written = config_mod.write_skeleton(lab_dir)
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"Next: edit {lab_dir / 'configs'}, copy MED-PC files into "
+        f"{lab_dir / 'data' / 'raw'}, then run `labpipe ingest` in {lab_dir}."
+    )
+    return 0
+
+
+@cli.command()
+@click.argument("lab_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parsing processes (default: all cores).",
+)
+def demo(lab_dir: Path, workers: int | None) -> int:
+    """Write a synthetic 24-rat experiment into LAB_DIR and run the pipeline on it."""
+    from labpipe import demo as demo_mod
+
+    truth = demo_mod.write_demo(lab_dir)
+    cfg = _load(lab_dir / "configs" / "experiment.toml")
+    click.echo(
+        f"Wrote a synthetic experiment: {len(truth.animals)} rats, "
+        f"{len({s.file for s in truth.sessions})} raw files in {cfg.raw_dir}."
+    )
+    summary = ingest_mod.ingest(
+        cfg,
+        workers=workers,
+        progress=_progress_bar("Ingesting"),
+        run_id=_STATE["run_id"],
+        command="demo",
+    )
+    _print_summary(summary)
+    # The demo's files include designed defects, so some input is set aside on purpose.
+    return 0
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
+def inspect(file: Path, as_json: bool) -> int:
+    """Show what a raw MED-PC FILE holds: every session's header and every variable."""
+    parsed = medpc.read_medpc(file)
+    if as_json:
+        click.echo(json.dumps(medpc.inspect_records(parsed), indent=1))
+    else:
+        click.echo(medpc.describe(parsed, str(file)))
+    return 1 if parsed.problems else 0
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parsing processes (default: all cores).",
+)
+@click.option(
+    "--settle-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Leave files modified in the last S seconds pending (still being written).",
+)
+def ingest(config_path: Path, workers: int | None, settle_seconds: float) -> int:
+    """Take every new raw file into data/processed (catalog and parquet datasets)."""
+    cfg = _load(config_path)
+    summary = ingest_mod.ingest(
+        cfg,
+        workers=workers,
+        settle_seconds=settle_seconds,
+        progress=_progress_bar("Ingesting"),
+        run_id=_STATE["run_id"],
+    )
+    _print_summary(summary)
+    return summary.exit_code
+
+
+@cli.command()
+@config_option
+def status(config_path: Path) -> int:
+    """Show what is ingested and set aside, and where each animal is."""
+    cfg = _load(config_path)
+    st = ingest_mod.lab_status(cfg)
+    files = ", ".join(f"{n} {k}" for k, n in sorted(st.files.items())) or "none"
+    click.echo(f"Experiment {cfg.experiment}: {st.sessions} sessions stored; files: {files}.")
+    _print_set_aside(st.set_aside)
+    click.echo("")
+    click.echo(st.animals.to_string(index=False, na_rep="-"))
+    return 1 if st.set_aside else 0
+
+
+def _progress_bar(label: str) -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            if total == 0:
+                return
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+            state["bar"], state["done"] = bar, 0
+        bar.update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            bar.__exit__(None, None, None)
+            state.pop("bar")
+
+    return update
+
+
+def _print_summary(s: ingest_mod.IngestSummary) -> None:
+    if s.recovered:
+        click.echo(
+            f"Recovered from an interrupted run: {len(s.recovered)} item(s) finished or cleaned up."
+        )
+    if s.rederived:
+        click.echo(f"Re-derived: {s.rederived}.")
+    click.echo(
+        f"{s.files_seen} raw files: {len(s.ingested)} ingested, {len(s.duplicates)} duplicate, "
+        f"{len(s.set_aside)} set aside, {len(s.pending)} pending, "
+        f"{s.files_seen - s.files_read - len(s.pending)} unchanged. "
+        f"Sessions added: {s.sessions_added} (total {s.sessions_total})."
+    )
+    for path, of in s.duplicates:
+        click.echo(f"  duplicate  {path}: same as {of}")
+    for path in s.pending:
+        click.echo(f"  pending    {path}: changed in the last seconds; will be read next run")
+    _print_set_aside(s.still_set_aside)
+
+
+def _print_set_aside(items: Sequence[ingest_mod.SetAsideItem]) -> None:
+    if not items:
+        return
+    click.echo(f"Set aside ({len(items)}), fix and run `labpipe ingest` again:")
+    for item in items:
+        where = item.file if item.block is None else f"{item.file} [session {item.block + 1}]"
+        click.echo(f"  {item.reason_code:<17} {where}: {item.reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line and exit with labpipe's exit codes."""
+    _STATE["run_id"] = uuid.uuid4().hex[:12]
+    logs.configure(None, run_id=_STATE["run_id"])
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError | click.BadParameter) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except LabpipeError as exc:
+        if _STATE["debug"]:
+            raise
+        logger.debug("error", exc_info=True)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        if _STATE["debug"]:
+            raise
+        logger.error("internal error", exc_info=True)
+        where = _STATE["log_file"]
+        if where is None:
+            where = _crash_file(traceback.format_exc())
+        click.echo(
+            f"labpipe hit a bug ({type(exc).__name__}: {exc}). The traceback is in {where}; "
+            "please report it. Run with --debug to see it here.",
+            err=True,
+        )
+        sys.exit(5)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _crash_file(text: str) -> str:
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "labpipe-crash.log"
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    except OSError:
+        return "(no writable place for the log)"
+    return str(path)

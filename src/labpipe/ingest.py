@@ -1,0 +1,895 @@
+"""Ingest: new raw files -> catalog + parquet datasets, safely and incrementally.
+
+One run:
+
+1. **Recover** what a crashed run left: committed staged parts are published (rolled
+   forward), uncommitted ones and temporary files removed, committed parts that vanished
+   are forgotten so their raw files are read again.
+2. **Re-derive** everything when the derivation key changed (parser or mapping version,
+   time zone, lever/event mapping, phase rules, an animal's active lever, corrections):
+   stored events depend on those, so they are derived again from ``data/raw`` and the run
+   says so.
+3. **Discover** files under ``data/raw`` (hidden files skipped). A file whose size and
+   mtime match what the catalog recorded is not read again. A file whose mtime is younger
+   than ``settle_seconds`` is *pending*: a chamber may still be writing it.
+4. **Parse and map** new files, in worker processes when there are many. Each file is read
+   once: hashed and parsed from the same bytes.
+5. **Decide** per session, in path order: store it, or record it as a duplicate (same
+   identity, same data), or set it aside — conflict (same identity, other data), relabel
+   (same box, start and data under another subject), box clash, or the mapping's reason.
+6. **Commit** a batch of files: stage the parts (fsynced, outside the table folders), write
+   every catalog row of the batch in one ``BEGIN IMMEDIATE`` transaction, then move the
+   parts into place. The catalog COMMIT is the one point where a batch becomes real.
+7. Rewrite ``sessions.parquet`` from the catalog when anything changed.
+
+Raw files are opened read-only and never modified, renamed or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labpipe import medpc, sessions, store
+from labpipe.catalog import Catalog, StoredSession
+from labpipe.config import Experiment
+from labpipe.errors import MedPCFormatError, SessionError
+from labpipe.fsio import environment_failure, is_environment_error
+from labpipe.model import Reason
+
+#: Version of the raw reader as far as stored data are concerned.
+PARSER_VERSION = getattr(medpc, "PARSER_VERSION", "1")
+
+#: Files committed per catalog transaction (and per parquet part).
+BATCH_FILES = 256
+
+#: Below this many files a run parses in-process (starting workers costs more).
+_POOL_MIN_FILES = 64
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SetAsideItem:
+    """A raw file, or one session of it, that needs a human."""
+
+    file: str
+    block: int | None
+    reason_code: str
+    reason: str
+    session_id: str | None = None
+    subject_raw: str | None = None
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    """What one ingest run did.
+
+    Attributes
+    ----------
+    run_id
+        The run's id (also in the catalog's ``runs`` table and the log).
+    files_seen
+        Raw files found under ``data/raw``.
+    files_read
+        Files hashed and parsed this run (0 on an unchanged folder).
+    ingested
+        Files whose sessions were stored this run.
+    duplicates
+        (file, what it duplicates) for files holding nothing new.
+    set_aside
+        Files or sessions set aside this run, with reasons.
+    pending
+        Files left for a later run (still being written).
+    sessions_added
+        Sessions stored this run.
+    sessions_total
+        Sessions in the catalog after the run.
+    still_set_aside
+        Every file or session set aside in the catalog after the run (this run's and
+        earlier ones not yet fixed).
+    recovered
+        What was finished or cleaned up from a crashed run.
+    rederived
+        Why stored sessions were derived again, or None.
+    """
+
+    run_id: str
+    files_seen: int = 0
+    files_read: int = 0
+    ingested: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    set_aside: list[SetAsideItem] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    sessions_added: int = 0
+    sessions_total: int = 0
+    still_set_aside: list[SetAsideItem] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    rederived: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything is in; 1 when some input remains set aside."""
+        return 1 if self.still_set_aside else 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run changed the stored data."""
+        return bool(self.sessions_added or self.rederived or self.recovered)
+
+
+# ---- worker side -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SessionOut:
+    block: int
+    identity: sessions.Identity
+    subject_raw: str
+    mapped: sessions.MappedSession | None
+    error: tuple[str, str] | None
+    var_names: np.ndarray
+    var_index: np.ndarray
+    var_values: np.ndarray
+
+
+@dataclass(slots=True)
+class _FileOut:
+    rel: str
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+    error: tuple[str, str] | None = None
+    unstable: bool = False
+    sessions: list[_SessionOut] = field(default_factory=list)
+    problems: list[SetAsideItem] = field(default_factory=list)
+
+
+_CFG: Experiment | None = None
+
+
+def _init_worker(cfg: Experiment) -> None:
+    global _CFG
+    _CFG = cfg
+
+
+def _work(item: tuple[str, str, int, int]) -> _FileOut:
+    """Read, hash, parse and map one raw file (runs in a worker process)."""
+    path_txt, rel, size, mtime_ns = item
+    assert _CFG is not None, "worker not initialised"
+    cfg = _CFG
+    out = _FileOut(rel=rel, size=size, mtime_ns=mtime_ns)
+    path = Path(path_txt)
+    limits = medpc.DEFAULT_LIMITS
+    if size > limits.max_file_bytes:
+        out.error = (
+            Reason.TOO_LARGE,
+            f"{rel} is {size / 2**20:.0f} MiB; no MED-PC data file is larger than "
+            f"{limits.max_file_bytes / 2**20:.0f} MiB, so it is not read.",
+        )
+        return out
+    # Opened read-only; the bytes are hashed and parsed from one read.
+    with open(path, "rb") as fh:
+        data = fh.read(limits.max_file_bytes + 1)
+        after = os.fstat(fh.fileno())
+    if after.st_size != size or after.st_mtime_ns != mtime_ns:
+        out.unstable = True
+        return out
+    import hashlib
+
+    out.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        parsed = medpc.parse_medpc(data, source=rel, limits=limits)
+    except MedPCFormatError as exc:
+        out.error = (exc.reason_code, exc.message if not exc.hint else f"{exc.message} {exc.hint}")
+        return out
+    for problem in parsed.problems:
+        out.problems.append(
+            SetAsideItem(
+                file=rel,
+                block=problem.block,
+                reason_code=problem.reason,
+                reason=f"{rel}, line {problem.line}: {problem.message}",
+                subject_raw=problem.header.get("Subject"),
+            )
+        )
+    for raw in parsed.sessions:
+        ident = sessions.identify(raw)
+        mapped: sessions.MappedSession | None = None
+        error: tuple[str, str] | None = None
+        try:
+            mapped = sessions.map_session(raw, cfg, source_file=rel, identity=ident)
+        except SessionError as exc:
+            error = (exc.reason_code, f"{rel}, line {raw.line}: {exc}")
+        names, index, values = _flatten(raw.variables)
+        out.sessions.append(
+            _SessionOut(raw.block, ident, raw.subject.strip(), mapped, error, names, index, values)
+        )
+    return out
+
+
+def _flatten(variables: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    names: list[np.ndarray] = []
+    index: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for letter, value in variables.items():
+        if isinstance(value, np.ndarray):
+            names.append(np.full(value.size, letter, dtype=object))
+            index.append(np.arange(value.size, dtype=np.int64))
+            values.append(value.astype(np.float64, copy=False))
+        else:
+            names.append(np.array([letter], dtype=object))
+            index.append(np.array([-1], dtype=np.int64))
+            values.append(np.array([value], dtype=np.float64))
+    if not names:
+        return np.empty(0, object), np.empty(0, np.int64), np.empty(0, np.float64)
+    return np.concatenate(names), np.concatenate(index), np.concatenate(values)
+
+
+# ---- main side -------------------------------------------------------------------------
+
+
+def discover(raw_dir: Path) -> Iterator[tuple[Path, str, int, int]]:
+    """Yield (path, path relative to raw_dir, size, mtime_ns) of every raw file, sorted.
+
+    Hidden files and folders (names starting with ``.``) are skipped.
+    """
+    stack = [raw_dir]
+    found: list[tuple[Path, str, int, int]] = []
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                path = Path(entry.path)
+                rel = path.relative_to(raw_dir).as_posix()
+                found.append((path, rel, st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda f: f[1])
+    yield from found
+
+
+def ingest(
+    cfg: Experiment,
+    *,
+    workers: int | None = None,
+    settle_seconds: float = 0.0,
+    progress: Progress | None = None,
+    run_id: str | None = None,
+    command: str = "ingest",
+) -> IngestSummary:
+    """Take every new raw file of the lab folder into the catalog and datasets.
+
+    Parameters
+    ----------
+    cfg
+        The experiment (its ``raw_dir`` and ``processed_dir`` are used).
+    workers
+        Worker processes for parsing (default: the machine's cores; 1 parses in-process).
+    settle_seconds
+        A file modified less than this many seconds ago is left pending.
+    progress
+        Called with (files done, files to do) as the run goes.
+    run_id
+        Id of the run (generated when omitted).
+    command
+        Name of the command, recorded in the catalog's run table.
+
+    Returns
+    -------
+    IngestSummary
+        What the run did; ``exit_code`` is 1 when input remains set aside.
+
+    Raises
+    ------
+    EnvironmentFailure
+        When the disk fails (full, read-only); nothing committed is lost.
+    """
+    summary = IngestSummary(run_id=run_id or uuid.uuid4().hex[:12])
+    processed = cfg.processed_dir
+    try:
+        processed.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_failure(exc, processed) from exc
+    with Catalog(processed / "catalog.sqlite") as cat:
+        cat.start_run(summary.run_id, command)
+        try:
+            _run(cfg, cat, summary, workers=workers, settle=settle_seconds, progress=progress)
+        except OSError as exc:
+            if is_environment_error(exc):
+                raise environment_failure(exc, processed) from exc
+            raise
+        summary.sessions_total = cat.counts()["sessions"]
+        summary.still_set_aside = [
+            SetAsideItem(
+                file=r["file"],
+                block=None if r["block"] < 0 else r["block"],
+                reason_code=r["reason_code"],
+                reason=r["reason"],
+                session_id=r["session_id"],
+                subject_raw=r["subject_raw"],
+            )
+            for r in cat.set_aside_rows()
+        ]
+        cat.finish_run(summary.run_id, summary.exit_code, _counts(summary))
+    return summary
+
+
+def _counts(s: IngestSummary) -> dict[str, int]:
+    return {
+        "files_seen": s.files_seen,
+        "files_read": s.files_read,
+        "ingested": len(s.ingested),
+        "duplicates": len(s.duplicates),
+        "set_aside": len(s.set_aside),
+        "pending": len(s.pending),
+        "sessions_added": s.sessions_added,
+        "sessions_total": s.sessions_total,
+    }
+
+
+def _run(
+    cfg: Experiment,
+    cat: Catalog,
+    summary: IngestSummary,
+    *,
+    workers: int | None,
+    settle: float,
+    progress: Progress | None,
+) -> None:
+    processed = cfg.processed_dir
+    rolled, removed = store.recover(processed, cat.parts())
+    if rolled:
+        cat.mark_published(rolled)
+    summary.recovered = [f"published {n}" for n in rolled] + [f"removed {n}" for n in removed]
+    lost = store.missing_parts(processed, cat.parts())
+    if lost:
+        _forget_parts(cat, lost)
+        summary.recovered += [f"re-reading the raw files of lost part {n}" for n in lost]
+
+    key = _derivation_key(cfg, cat)
+    if cat.meta("derivation_key") != key:
+        had = cat.counts()["sessions"]
+        with cat.transaction() as con:
+            if had:
+                cat.forget_derived(con)
+            cat.set_meta(con, "derivation_key", key)
+        if had:
+            store.remove_published(processed)
+            summary.rederived = (
+                f"the parser, the lever/event mapping, the phases, the time zone, an animal's "
+                f"active lever or the corrections changed: {had} stored sessions are derived "
+                "again from data/raw"
+            )
+    with cat.transaction() as con:
+        cat.replace_corrections(con, cfg.corrections)
+
+    known = cat.files()
+    todo: list[tuple[str, str, int, int]] = []
+    now_ns = time.time_ns()
+    pending_rows: list[dict[str, Any]] = []
+    for path, rel, size, mtime_ns in discover(cfg.raw_dir):
+        summary.files_seen += 1
+        row = known.get(rel)
+        if row is not None and row.size == size and row.mtime_ns == mtime_ns:
+            if row.status in ("ingested", "duplicate"):
+                continue
+            if (
+                row.status in ("quarantined", "partial")
+                and row.config_fingerprint == cfg.fingerprint
+                and row.parser_version == PARSER_VERSION
+            ):
+                continue
+        if settle > 0 and (now_ns - mtime_ns) < settle * 1e9:
+            summary.pending.append(rel)
+            pending_rows.append(
+                {"path": rel, "size": size, "mtime_ns": mtime_ns, "status": "pending"}
+            )
+            continue
+        todo.append((str(path), rel, size, mtime_ns))
+    if pending_rows:
+        with cat.transaction() as con:
+            for prow in pending_rows:
+                if known.get(prow["path"]) is None or known[prow["path"]].status == "pending":
+                    cat.put_file(con, prow, summary.run_id)
+
+    done = 0
+    if progress is not None:
+        progress(0, len(todo))
+    for batch_results in _parse_all(cfg, todo, workers):
+        _commit_batch(cfg, cat, batch_results, summary)
+        done += len(batch_results)
+        if progress is not None:
+            progress(done, len(todo))
+
+    if (
+        summary.changed
+        or not (processed / "sessions.parquet").exists()
+        or (cat.meta("sessions_built_with") != cfg.fingerprint)
+    ):
+        frame = sessions_frame(cat.session_records(), cfg)
+        store.write_sessions(processed, frame, cfg.timezone)
+        with cat.transaction() as con:
+            cat.set_meta(con, "sessions_built_with", cfg.fingerprint)
+
+
+def _derivation_key(cfg: Experiment, cat: Catalog) -> str:
+    sides = {
+        subject: cfg.roster[subject].active_lever
+        for subject in cat.stored_subjects()
+        if subject in cfg.roster
+    }
+    base = sessions.derivation_key(cfg, sides)
+    phases = ";".join(f"{r.msn.pattern}->{r.phase}/{r.test}" for r in cfg.phases)
+    import hashlib
+
+    return hashlib.sha256(f"{base}|parser={PARSER_VERSION}|{phases}".encode()).hexdigest()
+
+
+def _forget_parts(cat: Catalog, names: Sequence[str]) -> None:
+    stems = {n.split("/", 1)[1] for n in names}
+    with cat.transaction() as con:
+        paths = set()
+        for stem in stems:
+            for (path,) in con.execute(
+                "SELECT DISTINCT source_path FROM sessions WHERE part = ?", (f"events/{stem}",)
+            ):
+                paths.add(path)
+        for path in paths:
+            con.execute("DELETE FROM sessions WHERE source_path = ?", (path,))
+            con.execute("DELETE FROM files WHERE path = ?", (path,))
+        for stem in stems:
+            for dataset in store.DATASETS:
+                con.execute("DELETE FROM parts WHERE name = ?", (f"{dataset}/{stem}",))
+
+
+def _parse_all(
+    cfg: Experiment, todo: list[tuple[str, str, int, int]], workers: int | None
+) -> Iterator[list[_FileOut]]:
+    batches = [todo[i : i + BATCH_FILES] for i in range(0, len(todo), BATCH_FILES)]
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    if n_workers <= 1 or len(todo) < _POOL_MIN_FILES:
+        _init_worker(cfg)
+        for batch in batches:
+            yield [_work(item) for item in batch]
+        return
+    with ProcessPoolExecutor(
+        max_workers=n_workers, initializer=_init_worker, initargs=(cfg,)
+    ) as pool:
+        for batch in batches:
+            yield list(pool.map(_work, batch, chunksize=max(1, len(batch) // (4 * n_workers))))
+
+
+def _commit_batch(
+    cfg: Experiment, cat: Catalog, results: list[_FileOut], summary: IngestSummary
+) -> None:
+    """Decide every session of a batch, stage its parts, commit, publish."""
+    processed = cfg.processed_dir
+    identities = [s.identity.key for r in results for s in r.sessions]
+    slots = [s.identity.slot for r in results for s in r.sessions]
+    stored = cat.by_identity(identities)
+    by_slot = cat.by_slot(slots)
+
+    file_rows: list[dict[str, Any]] = []
+    session_rows: list[dict[str, Any]] = []
+    aside_rows: list[dict[str, Any]] = []
+    dup_rows: list[dict[str, Any]] = []
+    new_sessions: list[_SessionOut] = []
+
+    for res in results:
+        summary.files_read += 1
+        base = {"path": res.rel, "size": res.size, "mtime_ns": res.mtime_ns}
+        if res.unstable:
+            summary.pending.append(res.rel)
+            file_rows.append({**base, "status": "pending"})
+            continue
+        common = {
+            **base,
+            "sha256": res.sha256,
+            "parser_version": PARSER_VERSION,
+            "config_fingerprint": cfg.fingerprint,
+        }
+        if res.error is not None:
+            code, message = res.error
+            item = SetAsideItem(res.rel, None, code, message)
+            summary.set_aside.append(item)
+            file_rows.append(
+                {**common, "status": "quarantined", "reason_code": code, "reason": message}
+            )
+            aside_rows.append(_aside_row(item))
+            continue
+        owner = cat.sha_owner(res.sha256 or "", not_path=res.rel)
+        if owner is not None:
+            summary.duplicates.append((res.rel, owner))
+            file_rows.append(
+                {
+                    **common,
+                    "status": "duplicate",
+                    "reason_code": Reason.DUPLICATE_FILE,
+                    "reason": f"same content as {owner}",
+                    "duplicate_of": owner,
+                }
+            )
+            continue
+        n_new = n_dup = n_already = 0
+        dup_of: set[str] = set()
+        file_aside: list[SetAsideItem] = list(res.problems)
+        for s in res.sessions:
+            verdict, detail = _decide(s, res.rel, stored, by_slot)
+            if verdict == "store":
+                assert s.mapped is not None
+                n_new += 1
+                new_sessions.append(s)
+                entry = StoredSession(
+                    s.identity.session_id,
+                    s.identity.key,
+                    s.identity.slot,
+                    s.identity.fingerprint,
+                    res.rel,
+                    s.block,
+                    s.mapped.record["subject"],
+                )
+                stored[s.identity.key] = entry
+                by_slot.setdefault(s.identity.slot, []).append(entry)
+                session_rows.append(_session_row(s, res.rel, summary.run_id))
+            elif verdict == "already":
+                n_already += 1
+            elif verdict == "duplicate":
+                n_dup += 1
+                dup_of.add(detail)
+                dup_rows.append(
+                    {"path": res.rel, "block": s.block, "session_id": s.identity.session_id}
+                )
+            else:
+                file_aside.append(
+                    SetAsideItem(
+                        res.rel, s.block, verdict, detail, s.identity.session_id, s.subject_raw
+                    )
+                )
+        summary.set_aside.extend(file_aside)
+        aside_rows.extend(_aside_row(i) for i in file_aside)
+        n_sessions = n_new + n_already
+        if file_aside:
+            status = "partial" if n_sessions or n_dup else "quarantined"
+            codes = sorted({i.reason_code for i in file_aside})
+            reason = (
+                f"{len(file_aside)} of {len(res.sessions) + len(res.problems)} sessions set "
+                f"aside ({', '.join(codes)})"
+            )
+            file_rows.append(
+                {
+                    **common,
+                    "status": status,
+                    "reason_code": codes[0],
+                    "reason": reason,
+                    "n_sessions": n_sessions,
+                }
+            )
+        elif n_new == 0 and n_already == 0 and n_dup:
+            summary.duplicates.append((res.rel, ", ".join(sorted(dup_of))))
+            file_rows.append(
+                {
+                    **common,
+                    "status": "duplicate",
+                    "reason_code": Reason.DUPLICATE_SESSION,
+                    "reason": f"every session is already stored from {', '.join(sorted(dup_of))}",
+                    "duplicate_of": sorted(dup_of)[0],
+                }
+            )
+        elif not res.sessions:
+            item = SetAsideItem(res.rel, None, Reason.NOT_MEDPC, f"{res.rel}: no session found")
+            summary.set_aside.append(item)
+            aside_rows.append(_aside_row(item))
+            file_rows.append(
+                {
+                    **common,
+                    "status": "quarantined",
+                    "reason_code": item.reason_code,
+                    "reason": item.reason,
+                }
+            )
+        else:
+            if n_new:
+                summary.ingested.append(res.rel)
+            file_rows.append({**common, "status": "ingested", "n_sessions": n_sessions})
+
+    parts: list[dict[str, Any]] = []
+    if new_sessions:
+        ids = [s.identity.session_id for s in new_sessions]
+        ev_name = store.part_name("events", ids)
+        var_name = store.part_name("variables", ids)
+        ev = _events_columns(new_sessions)
+        var = _variables_columns(new_sessions)
+        ev_sha = store.stage_part(processed, ev_name, store.events_table(*ev))
+        var_sha = store.stage_part(processed, var_name, store.variables_table(*var))
+        parts = [
+            {
+                "name": ev_name,
+                "dataset": "events",
+                "sha256": ev_sha,
+                "n_rows": int(ev[0].size),
+                "run_id": summary.run_id,
+            },
+            {
+                "name": var_name,
+                "dataset": "variables",
+                "sha256": var_sha,
+                "n_rows": int(var[0].size),
+                "run_id": summary.run_id,
+            },
+        ]
+        for row in session_rows:
+            row["part"] = ev_name
+
+    with cat.transaction() as con:
+        for row in file_rows:
+            cat.put_file(con, row, summary.run_id)
+        cat.put_parts(con, parts)
+        cat.put_sessions(con, session_rows)
+        cat.put_set_aside(con, aside_rows)
+        cat.put_duplicates(con, dup_rows)
+    if parts:
+        for p in parts:
+            store.publish_part(processed, p["name"])
+        cat.mark_published([p["name"] for p in parts])
+    summary.sessions_added += len(new_sessions)
+
+
+def _decide(
+    s: _SessionOut,
+    rel: str,
+    stored: dict[str, StoredSession],
+    by_slot: dict[str, list[StoredSession]],
+) -> tuple[str, str]:
+    """Return ("store" | "already" | "duplicate" | a reason code, detail)."""
+    ident = s.identity
+    same = stored.get(ident.key)
+    if same is not None:
+        if same.fingerprint == ident.fingerprint:
+            if same.source_path == rel and same.source_block == s.block:
+                return "already", ""
+            return "duplicate", same.source_path
+        return (
+            Reason.CONFLICT,
+            f"{rel}: the session of subject '{s.subject_raw}' in box {ident.slot.split('|')[0]} "
+            f"started {ident.slot.split('|', 1)[1].replace('|', ' ')} is already stored from "
+            f"{same.source_path} with different data. labpipe never overwrites a stored "
+            "session: if the new file is the right one, remove the old file from data/raw "
+            "and run `labpipe rebuild`.",
+        )
+    if s.error is not None:
+        return s.error
+    assert s.mapped is not None
+    for other in by_slot.get(ident.slot, []):
+        if other.fingerprint == ident.fingerprint:
+            if other.subject == s.mapped.record["subject"]:
+                return "duplicate", other.source_path
+            return (
+                Reason.RELABEL,
+                f"{rel}: this session has the same box, start and data as session "
+                f"{other.session_id} of subject '{other.subject}' (from {other.source_path}); "
+                f"only the Subject differs ('{s.subject_raw}'). If '{s.mapped.record['subject']}'"
+                f" is right, add the line '{other.session_id},{s.mapped.record['subject']},"
+                "<why>' to configs/corrections.csv and run ingest again.",
+            )
+        return (
+            Reason.BOX_CLASH,
+            f"{rel}: box {ident.slot.split('|')[0]} already has another session starting at "
+            f"the same second (session {other.session_id}, subject '{other.subject}', from "
+            f"{other.source_path}). One box cannot run two sessions at once: is one of the "
+            "files from another chamber computer?",
+        )
+    return "store", ""
+
+
+def _aside_row(item: SetAsideItem) -> dict[str, Any]:
+    return {
+        "path": item.file,
+        "block": -1 if item.block is None else item.block,
+        "session_id": item.session_id,
+        "subject_raw": item.subject_raw,
+        "reason_code": str(item.reason_code),
+        "reason": item.reason,
+    }
+
+
+def _session_row(s: _SessionOut, rel: str, run_id: str) -> dict[str, Any]:
+    import json
+
+    assert s.mapped is not None
+    return {
+        "session_id": s.identity.session_id,
+        "identity": s.identity.key,
+        "slot": s.identity.slot,
+        "fingerprint": s.identity.fingerprint,
+        "source_path": rel,
+        "source_block": s.block,
+        "subject": s.mapped.record["subject"],
+        "record": json.dumps(s.mapped.record, sort_keys=True),
+        "part": "",
+        "run_id": run_id,
+    }
+
+
+def _events_columns(new: list[_SessionOut]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ordered = sorted(new, key=lambda s: s.identity.session_id)
+    ids = [
+        np.full(s.mapped.event_t.size, s.identity.session_id, dtype=object)
+        for s in ordered
+        if s.mapped is not None
+    ]
+    ts = [s.mapped.event_t for s in ordered if s.mapped is not None]
+    names = [s.mapped.event_name for s in ordered if s.mapped is not None]
+    if not ts:
+        return np.empty(0, object), np.empty(0, np.float64), np.empty(0, object)
+    return np.concatenate(ids), np.concatenate(ts), np.concatenate(names)
+
+
+def _variables_columns(
+    new: list[_SessionOut],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ordered = sorted(new, key=lambda s: s.identity.session_id)
+    ids = [np.full(s.var_names.size, s.identity.session_id, dtype=object) for s in ordered]
+    return (
+        np.concatenate(ids),
+        np.concatenate([s.var_names for s in ordered]),
+        np.concatenate([s.var_index for s in ordered]),
+        np.concatenate([s.var_values for s in ordered]),
+    )
+
+
+def sessions_frame(records: list[dict[str, Any]], cfg: Experiment) -> pd.DataFrame:
+    """Assemble ``sessions.parquet`` from stored records and the current config.
+
+    Roster attributes (sex, group, cohort), phase and test (from the MSN rules),
+    day_in_phase, session_index and intake come from the config as it is now, so a fixed
+    group in the roster shows up without reading raw files again.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`labpipe.store.sessions_schema`, sorted by subject and start.
+    """
+    schema_cols = [f.name for f in store.sessions_schema(cfg.timezone)]
+    if not records:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in schema_cols})
+    df = pd.DataFrame.from_records(records)
+    roster = cfg.roster
+    df["experiment"] = cfg.experiment
+    df["sex"] = [roster[s].sex if s in roster else None for s in df["subject"]]
+    df["group"] = [roster[s].group if s in roster else None for s in df["subject"]]
+    df["cohort"] = [roster[s].cohort if s in roster else None for s in df["subject"]]
+    rules = [cfg.match_phase(m) for m in df["msn"]]
+    df["phase"] = [str(r.phase) if r is not None else None for r in rules]
+    df["test"] = [r.test if r is not None else None for r in rules]
+    tz = cfg.timezone
+    for col in ("start", "end"):
+        df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601").dt.tz_convert(tz)
+        df[col] = df[col].astype(f"datetime64[us, {tz}]")
+    df = df.sort_values(["subject", "start", "session_id"], kind="stable").reset_index(drop=True)
+    df["day_in_phase"] = df.groupby(["subject", "phase"], dropna=False).cumcount() + 1
+    df["session_index"] = df.groupby("subject").cumcount() + 1
+    dose = cfg.drug.dose_mg_per_kg if cfg.drug is not None else None
+    for col in ("box", "active", "inactive", "reinforcers", "timeout_active"):
+        df[col] = df[col].astype("Int64")
+    if dose is None:
+        df["intake_mg_kg"] = np.nan
+    else:
+        df["intake_mg_kg"] = (df["reinforcers"].astype("Float64") * dose).astype("float64")
+    return df[schema_cols]
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    """What is ingested and set aside, and where each animal is.
+
+    Attributes
+    ----------
+    files
+        Number of raw files per catalog status.
+    sessions
+        Sessions stored.
+    set_aside
+        Every set-aside file or session with its reason.
+    animals
+        One row per roster animal: subject, sex, group, phase (of its last session),
+        n_acquisition, n_extinction, n_reinstatement, last_session (date), excluded.
+    """
+
+    files: dict[str, int]
+    sessions: int
+    set_aside: list[SetAsideItem]
+    animals: pd.DataFrame
+
+
+def lab_status(cfg: Experiment) -> LabStatus:
+    """Summarise the catalog and the sessions table for ``labpipe status``.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+
+    Returns
+    -------
+    LabStatus
+        Counts, set-aside items and the per-animal table.
+    """
+    path = cfg.processed_dir / "catalog.sqlite"
+    if not path.exists():
+        from labpipe.errors import DataError
+
+        raise DataError(
+            f"{path} does not exist: nothing has been ingested yet.",
+            hint="Run `labpipe ingest` first.",
+        )
+    with Catalog(path) as cat:
+        counts = cat.counts()
+        aside = [
+            SetAsideItem(
+                file=r["file"],
+                block=None if r["block"] < 0 else r["block"],
+                reason_code=r["reason_code"],
+                reason=r["reason"],
+                session_id=r["session_id"],
+                subject_raw=r["subject_raw"],
+            )
+            for r in cat.set_aside_rows()
+        ]
+    n_sessions = counts.pop("sessions")
+    table = store.read_sessions(cfg.processed_dir)
+    roster = pd.DataFrame(
+        [
+            {"subject": a.subject, "sex": a.sex, "group": a.group, "excluded": a.exclude or ""}
+            for a in cfg.roster.values()
+        ]
+    )
+    if table.empty:
+        per = pd.DataFrame(columns=["subject"])
+    else:
+        table = table.assign(date=table["start"].dt.strftime("%Y-%m-%d"))
+        n = table.pivot_table(
+            index="subject", columns="phase", values="session_id", aggfunc="count", fill_value=0
+        )
+        last = table.sort_values("start").groupby("subject").tail(1).set_index("subject")
+        per = pd.DataFrame(
+            {
+                "phase": last["phase"],
+                "last_session": last["date"],
+            }
+        ).join(n.rename(columns=lambda c: f"n_{c}"), how="left")
+        per = per.reset_index()
+    animals = roster.merge(per, on="subject", how="left")
+    for col in ("n_acquisition", "n_extinction", "n_reinstatement"):
+        animals[col] = animals[col].fillna(0).astype("int64") if col in animals else 0
+    cols = [
+        "subject",
+        "sex",
+        "group",
+        "phase",
+        "n_acquisition",
+        "n_extinction",
+        "n_reinstatement",
+        "last_session",
+        "excluded",
+    ]
+    for col in cols:
+        if col not in animals:
+            animals[col] = None
+    return LabStatus(files=counts, sessions=n_sessions, set_aside=aside, animals=animals[cols])

@@ -1,0 +1,339 @@
+"""Parquet datasets under ``data/processed``: staged, checksummed, atomically published.
+
+Layout::
+
+    data/processed/
+      catalog.sqlite          # the manifest (labpipe.catalog)
+      sessions.parquet        # one row per session; rewritten whole, atomically
+      events/part-<h>.parquet     # one row per event;   parts only ever added
+      variables/part-<h>.parquet  # every raw variable;  parts only ever added
+      .staging/               # parts written but not yet committed (never read)
+
+A part is first written to ``.staging`` (outside every table folder: DuckDB's ``**`` glob
+does not skip dot-folders inside a table folder), fsynced, then committed in the catalog,
+and only then moved into its table folder with ``os.replace``. A reader of ``events/``
+therefore never sees a half-written or uncommitted file.
+
+Every part is written with parquet page checksums (``write_page_checksum=True``; without
+them most bit flips read back silently wrong) and read back with verification on. Its
+sha256 is in the catalog, which catches damage the page checksums do not cover (footer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labpipe.errors import DataError
+from labpipe.fsio import atomic_write, fsync_dir, publish
+
+SCHEMA_VERSION = "1"
+STAGING = ".staging"
+DATASETS = ("events", "variables")
+
+EVENTS_SCHEMA = pa.schema(
+    [("session_id", pa.string()), ("t_s", pa.float64()), ("event", pa.string())]
+)
+VARIABLES_SCHEMA = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("variable", pa.string()),
+        ("index", pa.int64()),
+        ("value", pa.float64()),
+    ]
+)
+
+
+def sessions_schema(timezone: str) -> pa.Schema:
+    """Return the Arrow schema of ``sessions.parquet`` (timestamps in the lab's zone)."""
+    ts = pa.timestamp("us", tz=timezone)
+    return pa.schema(
+        [
+            ("session_id", pa.string()),
+            ("experiment", pa.string()),
+            ("subject", pa.string()),
+            ("subject_raw", pa.string()),
+            ("sex", pa.string()),
+            ("group", pa.string()),
+            ("cohort", pa.string()),
+            ("active_lever", pa.string()),
+            ("box", pa.int64()),
+            ("msn", pa.string()),
+            ("phase", pa.string()),
+            ("test", pa.string()),
+            ("day_in_phase", pa.int64()),
+            ("session_index", pa.int64()),
+            ("start", ts),
+            ("end", ts),
+            ("duration_min", pa.float64()),
+            ("dst_crossing", pa.bool_()),
+            ("active", pa.int64()),
+            ("inactive", pa.int64()),
+            ("reinforcers", pa.int64()),
+            ("timeout_active", pa.int64()),
+            ("intake_mg_kg", pa.float64()),
+            ("has_events", pa.bool_()),
+            ("source_file", pa.string()),
+            ("source_block", pa.int64()),
+        ]
+    )
+
+
+def _metadata(dataset: str) -> dict[bytes, bytes]:
+    return {
+        b"labpipe.schema_version": SCHEMA_VERSION.encode(),
+        b"labpipe.dataset": dataset.encode(),
+    }
+
+
+def _write_parquet(table: pa.Table, dest: Path) -> None:
+    with atomic_write(dest) as fh:
+        pq.write_table(
+            table,
+            fh,
+            compression="zstd",
+            write_page_checksum=True,
+            write_statistics=True,
+        )
+
+
+def events_table(session_ids: np.ndarray, t_s: np.ndarray, event: np.ndarray) -> pa.Table:
+    """Build an events table (see :data:`EVENTS_SCHEMA`) from aligned columns."""
+    table = pa.table(
+        {
+            "session_id": pa.array(session_ids, type=pa.string()),
+            "t_s": pa.array(t_s, type=pa.float64()),
+            "event": pa.array(event, type=pa.string()),
+        },
+        schema=EVENTS_SCHEMA,
+    )
+    return table.replace_schema_metadata(_metadata("events"))
+
+
+def variables_table(
+    session_ids: np.ndarray, variable: np.ndarray, index: np.ndarray, value: np.ndarray
+) -> pa.Table:
+    """Build a variables table; ``index`` is -1 for scalars (stored as null)."""
+    idx = pa.array(index, type=pa.int64(), mask=index < 0)
+    table = pa.table(
+        {
+            "session_id": pa.array(session_ids, type=pa.string()),
+            "variable": pa.array(variable, type=pa.string()),
+            "index": idx,
+            "value": pa.array(value, type=pa.float64()),
+        },
+        schema=VARIABLES_SCHEMA,
+    )
+    return table.replace_schema_metadata(_metadata("variables"))
+
+
+def part_name(dataset: str, session_ids: Iterable[str]) -> str:
+    """Name a part after the sessions it holds: ``events/part-<16 hex>.parquet``."""
+    digest = hashlib.sha256("\n".join(sorted(session_ids)).encode()).hexdigest()[:16]
+    return f"{dataset}/part-{digest}.parquet"
+
+
+def stage_part(processed: Path, name: str, table: pa.Table) -> str:
+    """Write a part into the staging folder (fsynced) and return its sha256.
+
+    Parameters
+    ----------
+    processed
+        ``data/processed``.
+    name
+        The part's name, e.g. ``events/part-<h>.parquet``.
+    table
+        Its rows.
+
+    Returns
+    -------
+    str
+        sha256 hex of the file's bytes, for the catalog.
+    """
+    dest = processed / STAGING / name
+    _write_parquet(table, dest)
+    return file_sha256(dest)
+
+
+def publish_part(processed: Path, name: str) -> None:
+    """Move a committed part from staging into its table folder."""
+    publish(processed / STAGING / name, processed / name)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the sha256 hex digest of a file's bytes."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def recover(processed: Path, committed: dict[str, tuple[str, int]]) -> tuple[list[str], list[str]]:
+    """Finish or undo what a crashed run left behind.
+
+    Parameters
+    ----------
+    processed
+        ``data/processed``.
+    committed
+        Part name -> (sha256, published) from the catalog.
+
+    Returns
+    -------
+    rolled_forward, removed
+        Staged parts that were committed and are now published; files removed because no
+        commit refers to them (staged parts, temporary files, stray published parts).
+    """
+    rolled: list[str] = []
+    removed: list[str] = []
+    staging = processed / STAGING
+    if staging.exists():
+        for path in sorted(staging.rglob("*")):
+            if not path.is_file():
+                continue
+            name = path.relative_to(staging).as_posix()
+            if (
+                name in committed
+                and not path.name.startswith(".")
+                and file_sha256(path) == committed[name][0]
+            ):
+                publish_part(processed, name)
+                rolled.append(name)
+                continue
+            path.unlink()
+            removed.append(f"{STAGING}/{name}")
+    for dataset in DATASETS:
+        folder = processed / dataset
+        if not folder.exists():
+            continue
+        for path in sorted(folder.iterdir()):
+            name = f"{dataset}/{path.name}"
+            if path.name.startswith(".") or name not in committed:
+                path.unlink()
+                removed.append(name)
+    for path in processed.glob(".*.tmp"):
+        path.unlink()
+        removed.append(path.name)
+    if removed or rolled:
+        for dataset in DATASETS:
+            if (processed / dataset).exists():
+                fsync_dir(processed / dataset)
+    return rolled, removed
+
+
+def missing_parts(processed: Path, committed: Iterable[str]) -> list[str]:
+    """Return committed part names whose file is in neither the table folder nor staging."""
+    return [
+        name
+        for name in committed
+        if not (processed / name).exists() and not (processed / STAGING / name).exists()
+    ]
+
+
+def check_part(path: Path, sha256: str) -> str | None:
+    """Return what is wrong with a stored part, or None when it is sound.
+
+    Checks the file's sha256 against the catalog and reads every page with checksum
+    verification on.
+    """
+    if not path.exists():
+        return "missing"
+    if file_sha256(path) != sha256:
+        return "sha256 differs from the catalog"
+    try:
+        pq.read_table(path, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def write_sessions(processed: Path, frame: pd.DataFrame, timezone: str) -> Path:
+    """Atomically replace ``sessions.parquet`` with ``frame`` under the fixed schema."""
+    schema = sessions_schema(timezone)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata(_metadata("sessions"))
+    dest = processed / "sessions.parquet"
+    _write_parquet(table, dest)
+    return dest
+
+
+def read_sessions(processed: Path) -> pd.DataFrame:
+    """Read ``sessions.parquet`` (page checksums verified).
+
+    Raises
+    ------
+    DataError
+        When nothing has been ingested yet.
+    """
+    path = processed / "sessions.parquet"
+    if not path.exists():
+        raise DataError(
+            f"{path} does not exist: nothing has been ingested yet.",
+            hint="Run `labpipe ingest` first.",
+        )
+    return pq.read_table(path, page_checksum_verification=True).to_pandas()
+
+
+def _dataset_files(processed: Path, dataset: str) -> list[Path]:
+    folder = processed / dataset
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def read_dataset(
+    processed: Path, dataset: str, session_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read the events or variables dataset, optionally for some sessions only.
+
+    Parameters
+    ----------
+    processed
+        ``data/processed``.
+    dataset
+        ``"events"`` or ``"variables"``.
+    session_ids
+        Keep only these sessions (filtered while reading).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows, sorted by session_id then time (events) or variable and index.
+    """
+    schema = EVENTS_SCHEMA if dataset == "events" else VARIABLES_SCHEMA
+    files = _dataset_files(processed, dataset)
+    if not files:
+        return schema.empty_table().to_pandas()
+    filters = [("session_id", "in", list(session_ids))] if session_ids is not None else None
+    tables = [
+        pq.read_table(f, filters=filters, page_checksum_verification=True, schema=schema)
+        for f in files
+    ]
+    table = pa.concat_tables(tables)
+    keys = ["session_id", "t_s", "event"] if dataset == "events" else ["session_id", "variable"]
+    if dataset == "variables":
+        keys.append("index")
+    table = table.sort_by([(k, "ascending") for k in keys])
+    return table.to_pandas()
+
+
+def read_events(processed: Path, session_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read the events dataset (``session_id, t_s, event``)."""
+    return read_dataset(processed, "events", session_ids)
+
+
+def read_variables(processed: Path, session_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read the variables dataset (``session_id, variable, index, value``)."""
+    return read_dataset(processed, "variables", session_ids)
+
+
+def remove_published(processed: Path) -> None:
+    """Delete every part of the events and variables datasets (for re-derivation)."""
+    for dataset in DATASETS:
+        for path in _dataset_files(processed, dataset):
+            os.unlink(path)
