@@ -36,6 +36,35 @@ _ENV_ERRNOS = {
 }
 
 
+#: Test hooks, read once per process: ``LABPIPE_CRASH_AT=step:n`` kills the process with
+#: SIGKILL the n-th time it reaches ``step`` (crash tests, like SQLite's crash VFS);
+#: ``LABPIPE_FAIL_WRITE_AT=n`` makes the n-th atomic write fail with ENOSPC (disk-full
+#: tests). Both are inert unless set.
+_CRASH_AT = os.environ.get("LABPIPE_CRASH_AT", "")
+_FAIL_WRITE_AT = int(os.environ.get("LABPIPE_FAIL_WRITE_AT", "0") or 0)
+_hits: dict[str, int] = {}
+
+
+def crash_point(step: str) -> None:
+    """Die here with SIGKILL when ``LABPIPE_CRASH_AT`` names this step and call count."""
+    if not _CRASH_AT:
+        return
+    _hits[step] = _hits.get(step, 0) + 1
+    name, _, nth = _CRASH_AT.partition(":")
+    if name == step and _hits[step] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _maybe_fail_write(dest: Path) -> None:
+    if not _FAIL_WRITE_AT:
+        return
+    _hits["write"] = _hits.get("write", 0) + 1
+    if _hits["write"] == _FAIL_WRITE_AT:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+
+
 def free_bytes(path: Path) -> int | None:
     """Return the free space of the filesystem holding ``path`` (None when unknown)."""
     probe = path
@@ -129,6 +158,7 @@ def atomic_write(dest: Path) -> Iterator[BinaryIO]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as fh:
             yield fh
+            _maybe_fail_write(dest)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)

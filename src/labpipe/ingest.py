@@ -43,7 +43,7 @@ from labpipe import medpc, sessions, store
 from labpipe.catalog import Catalog, StoredSession
 from labpipe.config import Experiment
 from labpipe.errors import MedPCFormatError, SessionError
-from labpipe.fsio import environment_failure, is_environment_error
+from labpipe.fsio import crash_point, environment_failure, is_environment_error
 from labpipe.model import Reason
 
 #: Version of the raw reader as far as stored data are concerned.
@@ -617,6 +617,7 @@ def _commit_batch(
         ev = _events_columns(new_sessions)
         var = _variables_columns(new_sessions)
         ev_sha = store.stage_part(processed, ev_name, store.events_table(*ev))
+        crash_point("mid_stage")
         var_sha = store.stage_part(processed, var_name, store.variables_table(*var))
         parts = [
             {
@@ -637,6 +638,7 @@ def _commit_batch(
         for row in session_rows:
             row["part"] = ev_name
 
+    crash_point("after_stage")
     with cat.transaction() as con:
         for row in file_rows:
             cat.put_file(con, row, summary.run_id)
@@ -644,9 +646,12 @@ def _commit_batch(
         cat.put_sessions(con, session_rows)
         cat.put_set_aside(con, aside_rows)
         cat.put_duplicates(con, dup_rows)
+        crash_point("in_txn")
+    crash_point("after_commit")
     if parts:
         for p in parts:
             store.publish_part(processed, p["name"])
+        crash_point("after_publish")
         cat.mark_published([p["name"] for p in parts])
     summary.sessions_added += len(new_sessions)
 

@@ -84,7 +84,7 @@ class RawSession:
     line
         1-based line number of the block's first header line.
     comments
-        Comment lines (``\\...``) that belong to the block, without the backslash.
+        Comment lines (those starting with a backslash) of the block, backslash removed.
     """
 
     header: Mapping[str, str]

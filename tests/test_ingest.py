@@ -1,0 +1,294 @@
+"""Ingest: raw files -> catalog + parquet, with every kind of bad input the issue lists."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labpipe import store
+from labpipe.config import load_config
+from labpipe.ingest import ingest
+
+from labfolder import Lab, event_session, make_lab, session
+
+
+@pytest.fixture
+def lab(tmp_path) -> Lab:
+    return make_lab(tmp_path / "lab")
+
+
+def run(lab: Lab, **kw):
+    return ingest(load_config(lab.config), workers=1, **kw)
+
+
+def test_sessions_are_mapped_to_active_and_inactive_per_rat(lab):
+    # R1's active lever is left, R2's is right (roster): the same program, mirrored.
+    lab.add("r1", [session("R1", left=[10, 20, 30.5], right=[15], infusions=[10, 30.5], timeout=1)])
+    lab.add("r2", [session("R2", box=2, left=[12], right=[5, 6, 7, 8], infusions=[5, 8])])
+    summary = run(lab)
+    assert summary.exit_code == 0
+    assert summary.sessions_added == 2
+    s = store.read_sessions(lab.processed).set_index("subject")
+    assert s.loc["R1", ["active", "inactive", "reinforcers", "timeout_active"]].tolist() == [
+        3,
+        1,
+        2,
+        1,
+    ]
+    assert s.loc["R2", ["active", "inactive", "reinforcers"]].tolist() == [4, 1, 2]
+    assert s.loc["R1", "intake_mg_kg"] == pytest.approx(1.0)  # 2 infusions x 0.5 mg/kg
+    assert s.loc["R1", "phase"] == "acquisition"
+    assert s.loc["R1", "day_in_phase"] == 1
+    assert s.loc["R1", "duration_min"] == pytest.approx(120.0)
+    assert str(s["start"].dtype) == "datetime64[us, America/New_York]"
+    assert s.loc["R1", "start"] == pd.Timestamp("2026-03-02 09:00", tz="America/New_York")
+
+    ev = store.read_events(lab.processed)
+    r1 = ev[ev.session_id == s.loc["R1", "session_id"]]
+    assert r1.groupby("event").size().to_dict() == {
+        "active_press": 3,
+        "inactive_press": 1,
+        "reinforcer": 2,
+    }
+    assert r1[r1.event == "active_press"].t_s.tolist() == [10.0, 20.0, 30.5]
+
+
+def test_every_raw_variable_is_stored_losslessly_padding_included(lab):
+    lab.add("r1", [session("R1", left=[1.5, -0.0], right=[2.25], pad=7)])
+    run(lab)
+    var = store.read_variables(lab.processed)
+    left = var[var.variable == "L"]
+    assert left["index"].tolist() == list(range(2 + 7))
+    assert left["value"].tolist()[:1] == [1.5]
+    scalars = var[var["index"].isna()]
+    assert set(scalars.variable) == {"A", "B", "C", "D"}
+
+
+def test_day_in_phase_counts_sessions_per_subject_and_phase_in_start_order(lab):
+    lab.add("d2", [session("R1", date="03/03/26", left=[1])])
+    lab.add("d1", [session("R1", date="03/02/26", left=[1])])
+    lab.add("e1", [session("R1", date="03/04/26", msn="EXT_2h")])
+    run(lab)
+    s = store.read_sessions(lab.processed).sort_values("start")
+    assert s["day_in_phase"].tolist() == [1, 2, 1]
+    assert s["session_index"].tolist() == [1, 2, 3]
+    assert s["phase"].tolist() == ["acquisition", "acquisition", "extinction"]
+
+
+def test_rerun_on_unchanged_input_reads_nothing_and_rewrites_nothing(lab):
+    lab.add("r1", [session("R1", left=[1, 2])])
+    lab.add("r2", [session("R2", box=2, right=[3])])
+    first = run(lab)
+    before = lab.outputs()
+    time.sleep(0.01)
+    second = run(lab)
+    assert second.files_read == 0
+    assert second.sessions_added == 0
+    assert second.exit_code == 0
+    assert lab.outputs() == before
+    assert first.sessions_total == second.sessions_total == 2
+
+
+def test_bad_files_are_set_aside_with_reasons_and_do_not_stop_the_others(lab):
+    good = session("R1", left=[1, 2])
+    lab.add("good", [good])
+    lab.add_bytes("empty.txt", b"")
+    lab.add_bytes("notes.csv", b"subject,presses\nR1,12\nR2,30\n")
+    lab.add("unknown_subject", [session("R9", box=3)])
+    lab.add("unknown_msn", [session("R2", box=2, msn="FOOD_TRAINING")])
+    # A multi-box file whose last session was cut off mid-array by a power loss.
+    whole = lab_bytes(
+        [
+            session("R2", box=2, date="03/05/26", left=[1]),
+            session("R3", box=3, date="03/05/26", right=[4, 5, 6], pad=40),
+        ]
+    )
+    lab.add_bytes("multi_cut", whole[: len(whole) - 120])
+    summary = run(lab)
+    codes = {(i.file, i.reason_code) for i in summary.still_set_aside}
+    assert ("empty.txt", "EMPTY_FILE") in codes
+    assert ("notes.csv", "NOT_MEDPC") in codes
+    assert ("unknown_subject", "UNKNOWN_SUBJECT") in codes
+    assert ("unknown_msn", "UNKNOWN_PHASE") in codes
+    assert ("multi_cut", "TRUNCATED_BLOCK") in codes
+    assert summary.exit_code == 1
+    stored = store.read_sessions(lab.processed)
+    # The good file and the complete session of the cut file are in.
+    assert sorted(stored.subject) == ["R1", "R2"]
+    reasons = {i.file: i.reason for i in summary.still_set_aside}
+    assert "R9" in reasons["unknown_subject"] and "roster" in reasons["unknown_subject"]
+    assert "FOOD_TRAINING" in reasons["unknown_msn"]
+
+
+def lab_bytes(sessions):
+    from labpipe.medpc import format_medpc
+
+    return format_medpc(sessions)
+
+
+def test_fixing_the_roster_takes_the_set_aside_session_in(lab):
+    lab.add("multi", [session("R1", box=1, left=[1]), session("R9", box=9, left=[2, 3])])
+    first = run(lab)
+    assert [i.reason_code for i in first.still_set_aside] == ["UNKNOWN_SUBJECT"]
+    assert first.sessions_added == 1
+    with open(lab.root / "configs" / "roster.csv", "a", encoding="utf-8") as fh:
+        fh.write("R9,M,nac,left,C1\n")
+    second = run(lab)
+    assert second.still_set_aside == []
+    assert second.exit_code == 0
+    stored = store.read_sessions(lab.processed)
+    assert sorted(stored.subject) == ["R1", "R9"]
+    assert stored.session_id.is_unique
+
+
+def test_a_copied_or_renamed_file_is_a_duplicate_and_stored_once(lab):
+    lab.add("orig", [session("R1", left=[1, 2])])
+    run(lab)
+    lab.add_bytes("Copy of orig", lab.written["orig"])
+    summary = run(lab)
+    assert summary.duplicates == [("Copy of orig", "orig")]
+    assert summary.exit_code == 0
+    assert len(store.read_sessions(lab.processed)) == 1
+
+
+def test_the_same_session_in_another_file_is_a_duplicate_even_with_other_line_ends(lab):
+    a = session("R1", left=[1, 2])
+    b = session("R2", box=2, right=[3])
+    lab.add("multi_box", [a, b])
+    run(lab)
+    lab.add("single_r2_lf", [b], newline="\n")
+    summary = run(lab)
+    assert [d[0] for d in summary.duplicates] == ["single_r2_lf"]
+    assert len(store.read_sessions(lab.processed)) == 2
+    con = sqlite3.connect(lab.processed / "catalog.sqlite")
+    assert con.execute("SELECT count(*) FROM duplicates").fetchone()[0] == 1
+
+
+def test_same_identity_with_other_data_is_a_conflict_and_never_overwrites(lab):
+    lab.add("orig", [session("R1", left=[1, 2])])
+    run(lab)
+    lab.add("edited", [session("R1", left=[1, 2, 3])])
+    summary = run(lab)
+    assert [(i.file, i.reason_code) for i in summary.set_aside] == [("edited", "CONFLICT")]
+    assert "orig" in summary.set_aside[0].reason
+    assert store.read_sessions(lab.processed).active.tolist() == [2]
+
+
+def test_a_retyped_subject_is_a_relabel_until_a_correction_says_which_is_right(lab):
+    lab.add("orig", [session("R1", left=[1, 2])])
+    run(lab)
+    # The tech re-exported the file with the Subject corrected to R3 (same box, start, data).
+    lab.add("retyped", [session("R3", left=[1, 2])])
+    summary = run(lab)
+    (item,) = summary.set_aside
+    assert item.reason_code == "RELABEL"
+    old_id = store.read_sessions(lab.processed).session_id.item()
+    assert old_id in item.reason and "corrections.csv" in item.reason
+    (lab.root / "configs" / "corrections.csv").write_text(
+        f"session_id,subject,reason\n{old_id},R3,typed R1 at the chamber\n", encoding="utf-8"
+    )
+    fixed = run(lab)
+    assert fixed.still_set_aside == []
+    stored = store.read_sessions(lab.processed)
+    assert stored.subject.tolist() == ["R3"]
+    assert stored.subject_raw.tolist() == ["R1"]
+    # R3's active lever is the right one: the stored session was derived again.
+    assert (stored.active.tolist(), stored.inactive.tolist()) == ([0], [2])
+
+
+def test_a_file_still_being_written_is_pending_then_ingested_once(lab):
+    lab.add("fresh", [session("R1", left=[1])])
+    summary = run(lab, settle_seconds=3600)
+    assert summary.pending == ["fresh"]
+    assert summary.sessions_added == 0
+    old = time.time() - 7200
+    os.utime(lab.raw / "fresh", (old, old))
+    later = run(lab, settle_seconds=3600)
+    assert later.sessions_added == 1
+    assert run(lab, settle_seconds=3600).sessions_added == 0
+
+
+def test_time_out_press_logged_twice_is_one_press(lab):
+    # R1: left is active. Tick 0.01 s. A reinforced press at 1 s, a time-out press at 5 s
+    # logged as code 1 and code 5 at the same tick, and one time-out press logged only
+    # with code 5 at 7 s.
+    events = [(100, 1), (100, 3), (500, 1), (500, 5), (700, 5), (900, 2), (950, 4)]
+    lab.add("rein", [event_session("R1", events=events)])
+    run(lab)
+    s = store.read_sessions(lab.processed).iloc[0]
+    assert (s.active, s.inactive, s.reinforcers, s.timeout_active) == (3, 1, 1, 2)
+    assert s.phase == "reinstatement" and s.test == "cue"
+    ev = store.read_events(lab.processed)
+    assert ev[ev.event == "active_press"].t_s.tolist() == [1.0, 5.0, 7.0]
+    assert ev[ev.event == "cue_on"].t_s.tolist() == [9.5]
+
+
+def test_durations_are_real_elapsed_time_across_dst_and_midnight(lab):
+    # 12-h sessions over the night clocks go back (2026-11-01) and forward (2026-03-08).
+    lab.add(
+        "fall",
+        [session("R1", date="10/31/26", end_date="11/01/26", start="20:00:00", end="08:00:00")],
+    )
+    lab.add(
+        "spring",
+        [
+            session(
+                "R2", box=2, date="03/07/26", end_date="03/08/26", start="20:00:00", end="08:00:00"
+            )
+        ],
+    )
+    lab.add(
+        "plain",
+        [
+            session(
+                "R3", box=3, date="04/07/26", end_date="04/08/26", start="20:00:00", end="08:00:00"
+            )
+        ],
+    )
+    run(lab)
+    s = store.read_sessions(lab.processed).set_index("subject")
+    assert s.loc["R1", "duration_min"] == 13 * 60
+    assert s.loc["R2", "duration_min"] == 11 * 60
+    assert s.loc["R3", "duration_min"] == 12 * 60
+    assert s["dst_crossing"].to_dict() == {"R1": True, "R2": True, "R3": False}
+
+
+def test_raw_files_are_never_modified(lab):
+    lab.add("a", [session("R1", left=[1])])
+    lab.add_bytes("junk", b"\x00\x01garbage")
+    before = lab.raw_manifest()
+    run(lab)
+    run(lab)
+    assert lab.raw_manifest() == before
+
+
+def test_parallel_ingest_gives_byte_identical_outputs(tmp_path):
+    labs = []
+    for name, workers in (("serial", 1), ("parallel", 2)):
+        lab = make_lab(tmp_path / name)
+        for day in range(1, 29):
+            for subject, box in (("R1", 1), ("R2", 2), ("R3", 3)):
+                rng = np.random.default_rng(day * 10 + box)
+                presses = sorted(np.round(rng.uniform(1, 7000, 20), 2).tolist())
+                lab.add(
+                    f"{subject}_{day:02d}",
+                    [
+                        session(
+                            subject,
+                            box=box,
+                            date=f"03/{day:02d}/26",
+                            left=presses,
+                            right=presses[:3],
+                        )
+                    ],
+                )
+        summary = ingest(load_config(lab.config), workers=workers)
+        assert summary.sessions_added == 84
+        labs.append(lab)
+    a, b = ({k: v[1] for k, v in lab.outputs().items()} for lab in labs)
+    assert a == b
