@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from labpipe import demo
 from labpipe.errors import ConfigError
-from labpipe.model import Reason
+from labpipe.model import RawSession, Reason
 
 medpc = pytest.importorskip("labpipe.medpc")
 if not hasattr(medpc, "format_medpc"):  # pragma: no cover - only while the writer is missing
@@ -395,22 +396,34 @@ def test_parsed_files_equal_truth(lab: tuple[Path, demo.DemoTruth]) -> None:
 
 
 def test_fast_writer_matches_format_medpc(lab: tuple[Path, demo.DemoTruth]) -> None:
+    """The scaled lab's writer lays bytes out exactly as format_medpc does."""
     lab_dir, truth = lab
     for rel in truth.files[:40] + truth.files[-40:]:
         data = (_raw(lab_dir) / rel).read_bytes()
         parsed = medpc.parse_medpc(data, source=rel)
         if parsed.problems:
             continue
-        file_line = parsed.sessions[0].header.get("File")
-        blocks = [
-            (demo._fast_header(_header_only(r.header)), demo._fast_body(dict(r.variables)))
+        file_line = str(parsed.sessions[0].header["File"])
+        sessions = [
+            RawSession(header=_as_written(r.header), variables=dict(r.variables))
             for r in parsed.sessions
         ]
-        assert demo._fast_file(str(file_line), blocks) == data, rel
+        fast = demo._fast_file(
+            file_line,
+            [
+                (demo._fast_header(dict(r.header)), demo._fast_body(dict(r.variables)))
+                for r in sessions
+            ],
+        )
+        assert fast == medpc.format_medpc(sessions, file_line=file_line) == data, rel
 
 
-def _header_only(header: object) -> dict[str, str]:
-    return {k: v for k, v in dict(header).items() if k != "File"}  # type: ignore[call-overload]
+def _as_written(header: Mapping[str, str]) -> dict[str, str]:
+    """Header without the file line, times space-padded again as MED-PC writes them."""
+    out = {k: v for k, v in header.items() if k != "File"}
+    for key in ("Start Time", "End Time"):
+        out[key] = out[key].rjust(8)
+    return out
 
 
 # --- config ----------------------------------------------------------------------------------
