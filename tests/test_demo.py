@@ -187,7 +187,7 @@ def test_flagged_sessions_are_outside_criterion_windows(lab: tuple[Path, demo.De
         assert a.acquisition_session - 2 > s.day_in_phase
         # The rat responds normally otherwise.
         others = [x for x in truth.sessions if x.subject == s.subject and x.phase == s.phase]
-        assert max(x.active for x in others) >= 20
+        assert np.median([x.active for x in others]) >= 10
 
 
 def test_tests_baselines_and_effects(lab: tuple[Path, demo.DemoTruth]) -> None:
@@ -233,7 +233,7 @@ def test_tests_baselines_and_effects(lab: tuple[Path, demo.DemoTruth]) -> None:
             )
             for g in ("vehicle", "nac")
         }
-        assert rise["vehicle"] > 1.5 * rise["nac"] > 0  # NAC reduces reinstatement
+        assert rise["vehicle"] > 1.25 * rise["nac"] > 0  # NAC reduces reinstatement
     inactive = {
         test: np.mean([t.test_inactive for t in truth.tests if t.test == test])
         for test in ("cue", "drug_prime", "stress")

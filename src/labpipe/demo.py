@@ -580,8 +580,8 @@ def _simulate_squad(
             elif rat.kind == "catheter_failure" and d >= 8:
                 # Catheter failure signature under FR1: the drug no longer arrives, the rat
                 # presses on, "infusions" (pump runs) and time-out presses soar.
-                n_inf = round(mu * rng.uniform(2.0, 2.6))
-                n_to = int(rng.poisson(1.6 * n_inf))
+                n_inf = round(min(mu, 25.0) * rng.uniform(1.8, 2.4))
+                n_to = min(int(rng.poisson(1.5 * n_inf)), DEMO_DIM - 20 - n_inf)
                 n_in = min(int(rng.poisson(4.0)), (n_inf + n_to) // 2)
             else:
                 ramp = min(1.0, 0.75 + 0.1 * (d - first_ok))
