@@ -157,6 +157,49 @@ def status(config_path: Path) -> int:
     return 1 if st.set_aside else 0
 
 
+@cli.command()
+@config_option
+def report(config_path: Path) -> int:
+    """Compute measures, criteria and statistics; write figures, tables and index.html."""
+    from labpipe import pipeline
+
+    cfg = _load(config_path)
+    written = pipeline.build_report(cfg)
+    index = cfg.reports_dir / "index.html"
+    click.echo(f"Wrote {len(written)} files to {cfg.reports_dir}.")
+    click.echo(f"Report: {index}")
+    return 0
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "xlsx", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="csv: one file per table; xlsx: one workbook (Prism-ready sheets); parquet.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder to write to (default: reports/<experiment>/export).",
+)
+def export(config_path: Path, fmt: str, out_dir: Path | None) -> int:
+    """Write the tidy analysis tables for R, Prism or Python."""
+    from labpipe import pipeline, report
+
+    cfg = _load(config_path)
+    analysis = pipeline.analyse(cfg)
+    target = out_dir if out_dir is not None else cfg.reports_dir / "export"
+    for path in report.export_tables(analysis.tables, fmt, target):
+        click.echo(f"wrote {path}")
+    return 0
+
+
 def _progress_bar(label: str) -> Callable[[int, int], None] | None:
     if not sys.stderr.isatty():
         return None
