@@ -783,8 +783,12 @@ def _raw_session(sim: _Sim, *, dim: int | None, event_dim: int | None) -> RawSes
 
 
 def _format(sessions: Sequence[RawSession], file_line: str) -> bytes:
-    from labpipe.medpc import format_medpc
-
+    """Write sessions with labpipe's MED-PC writer (the scaled lab's fast path as fallback)."""
+    try:
+        from labpipe.medpc import format_medpc
+    except ImportError:  # the writer is not in this build: same layout, written here
+        blocks = [(_fast_header(dict(s.header)), _fast_body(dict(s.variables))) for s in sessions]
+        return _fast_file(file_line, blocks)
     return format_medpc(sessions, file_line=file_line)
 
 
