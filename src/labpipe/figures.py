@@ -25,6 +25,7 @@ import contextlib
 import io
 import math
 import re
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,12 @@ def _n_per_group(df: pd.DataFrame) -> dict[str, int]:
     return {
         str(g): int(n) for g, n in df.groupby("group", observed=True)["subject"].nunique().items()
     }
+
+
+def _tick_label(group: str, n: int) -> str:
+    """Group name wrapped to short lines (long names would run into the next tick), then n."""
+    lines = textwrap.wrap(str(group), width=11, break_long_words=True) or [""]
+    return "\n".join(_text(line) for line in lines) + f"\n(n = {n})"
 
 
 def _group_label(group: str, n: int | None) -> str:
@@ -610,7 +617,7 @@ def _points_and_mean(
                 zorder=3,
             )
     counts = df.groupby("group", observed=True)["subject"].nunique()
-    ax.set_xticks(range(len(shown)), [f"{_text(g)}\n(n = {int(counts.get(g, 0))})" for g in shown])
+    ax.set_xticks(range(len(shown)), [_tick_label(g, int(counts.get(g, 0))) for g in shown])
     ax.set_xlim(-0.6, len(shown) - 0.4)
 
 
@@ -700,6 +707,8 @@ def _cumulative(
     for ax in axes[len(ids) :]:
         ax.set_visible(False)
     axes[0].set_xlim(0, x_max if x_max > 0 else 1)
+    if x_max >= 60:
+        axes[0].xaxis.set_major_locator(mpl.ticker.MultipleLocator(30))
     axes[0].set_ylim(bottom=0)
     fig.supxlabel("Time in session (min)", fontsize=7.5)
     fig.supylabel("Cumulative presses", fontsize=7.5)
@@ -869,9 +878,7 @@ def _reinstatement(
                         zorder=4,
                     )
             n = one.groupby("group", observed=True)["subject"].nunique()
-            ax.set_xticks(
-                range(len(shown)), [f"{_text(g)}\n(n = {int(n.get(g, 0))})" for g in shown]
-            )
+            ax.set_xticks(range(len(shown)), [_tick_label(g, int(n.get(g, 0))) for g in shown])
             ax.set_xlim(-0.6, len(shown) - 0.4)
             if ci == 0:
                 ax.set_ylabel(ylabel)

@@ -651,6 +651,7 @@ def _stats_rows(stats: pd.DataFrame | None) -> list[dict[str, str]]:
                 "test": _fmt_text(rec.get("test")),
                 "test_words": _test_words(rec.get("test")),
                 "analysis": _analysis_words(rec.get("analysis")),
+                "analysis_cap": _sentence_case(_analysis_words(rec.get("analysis"))),
                 "measure": _MEASURE_WORDS.get(str(rec.get("measure")), _words(rec.get("measure"))),
                 "effect": _effect_words(rec.get("effect")),
                 "df1": _fmt_df(rec.get("df1")),
@@ -1044,6 +1045,7 @@ def _render_html(
                             "title": f.title,
                             "caption": f.caption,
                             "svg": f.svg,
+                            "max_width": _display_width(f.svg),
                             "files": [
                                 (fmt, _relative(p, out_dir)) for fmt, p in sorted(f.paths.items())
                             ],
@@ -1078,6 +1080,16 @@ def _render_html(
             else None,
         )
     )
+
+
+def _display_width(svg: str) -> int:
+    """Return the widest a figure is drawn on screen, in CSS px: 1.5 x its print width.
+
+    A single-column figure stretched to a wide screen would show 7-pt text at 20 pt.
+    """
+    found = re.search(r'<svg[^>]*\swidth="([0-9.]+)pt"', svg)
+    points = float(found.group(1)) if found else 504.0
+    return round(points * 4 / 3 * 1.5)
 
 
 def _relative(path: Path, root: Path) -> str:
