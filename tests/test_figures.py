@@ -346,6 +346,16 @@ def test_words_not_codes_and_n_in_legends(made: tuple[Path, list[figures.FigureI
     assert "Active lever" in timeline and "Inactive lever" in timeline
 
 
+def test_style_does_not_leak(made: tuple[Path, list[figures.FigureInfo]]) -> None:
+    import matplotlib as mpl
+
+    assert mpl.rcParams["svg.fonttype"] == "path"  # matplotlib's default, untouched
+    assert mpl.rcParams["pdf.fonttype"] == 3
+    with figures.style():
+        assert mpl.rcParams["svg.fonttype"] == "none"
+        assert mpl.rcParams["pdf.fonttype"] == 42
+
+
 def test_svg_ids_unique_across_figures(made: tuple[Path, list[figures.FigureInfo]]) -> None:
     _, infos = made
     ids: list[str] = []

@@ -421,7 +421,7 @@ class _Cdp:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(3, 4),
-            preexec_fn=wire,  # noqa: PLW1509 - single-threaded test process
+            preexec_fn=wire,  # the test process runs no threads of its own
         )
         os.close(to_child_r)
         os.close(from_child_w)
