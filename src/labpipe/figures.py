@@ -458,7 +458,8 @@ def _timeline(sessions: pd.DataFrame, groups: list[str], palette: dict[str, Any]
                 ticks.append(x0 + d)
                 labels.append(str(d))
         x0 += last_day + gap
-    rein = sessions[(sessions["phase"] == "reinstatement") & sessions["test"].notna()]
+    tests_col = sessions["test"] if "test" in sessions else pd.Series(pd.NA, index=sessions.index)
+    rein = sessions[(sessions["phase"] == "reinstatement") & tests_col.notna()]
     if not rein.empty:
         tests = _test_sort([str(t) for t in rein["test"].unique()])
         start = x0
