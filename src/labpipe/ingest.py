@@ -418,6 +418,13 @@ def _run(
         if progress is not None:
             progress(done, len(todo))
 
+    # The key describes what is stored now (it covers the active lever of every stored
+    # subject), so it is recorded after the new sessions are in.
+    final_key = _derivation_key(cfg, cat)
+    if final_key != key:
+        with cat.transaction() as con:
+            cat.set_meta(con, "derivation_key", final_key)
+
     if (
         summary.changed
         or not (processed / "sessions.parquet").exists()
