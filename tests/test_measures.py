@@ -623,3 +623,87 @@ def test_time_bins_width_from_config():
     bins = m.time_bins(make_sessions(plan), ev, make_cfg(["R1"], bin_minutes=30))
     assert bins["bin_end_min"].tolist() == [30.0, 60.0, 90.0, 120.0]
     assert bins["active"].tolist() == [0, 0, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------
+# With a real config file
+# ---------------------------------------------------------------------------------------
+
+REAL_CONFIG = """\
+experiment = "meas-test"
+roster = "roster.csv"
+timezone = "America/New_York"
+
+[levers.left]
+count = "A"
+[levers.right]
+count = "B"
+[reinforcers]
+count = "C"
+
+[[phases]]
+msn = "SA_FR1_.*"
+phase = "acquisition"
+session_minutes = 120
+[[phases]]
+msn = "EXT_.*"
+phase = "extinction"
+[[phases]]
+msn = "REIN_.*"
+phase = "reinstatement"
+test = "cue"
+
+[criteria.acquisition]
+last_sessions = 3
+min_reinforcers = 10
+min_active_to_inactive = 2.0
+[criteria.extinction]
+fraction_of_acquisition = 0.25
+acquisition_sessions = 3
+consecutive = 2
+max_active = 25
+
+[analysis]
+baseline_sessions = 2
+time_bin_minutes = 30
+"""
+
+REAL_ROSTER = """\
+subject,sex,group,active_lever,cohort,exclude
+R1,F,vehicle,left,C1,
+R2,M,nac,left,C1,head cap lost
+R3,F,nac,left,C1,
+"""
+
+
+def test_with_a_real_config_file(tmp_path):
+    from labpipe.config import load_config
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "experiment.toml").write_text(REAL_CONFIG, encoding="utf-8")
+    (configs / "roster.csv").write_text(REAL_ROSTER, encoding="utf-8")
+    cfg = load_config(configs / "experiment.toml")
+    plan = {
+        # baseline 200: 25% = 50, but max_active 25 also applies -> 30 and 40 do not meet
+        "R1": [
+            *acquirer(3, active=200),
+            S("acquisition", 200, 2, 20, duration=90),  # < 0.8 x 120 min: aborted
+            *[S("extinction", a, 1) for a in (120, 40, 30, 20, 10)],
+            S("reinstatement", 60, 2, test="cue", events=True),
+        ],
+        "R2": acquirer(3),
+    }
+    ev = events_of([("R1-010", 100.0, "active_press"), ("R1-010", 3000.0, "active_press")])
+    per, subj, tests = run(plan, cfg, ev)
+    assert row(per, "R1-004")["flags"] == "aborted"
+    assert subj.loc["R1", "acquisition_baseline_active"] == pytest.approx(200.0)
+    assert subj.loc["R1", "extinction_sessions_to_criterion"] == 5
+    assert subj.loc["R2", "exclusion_reason"] == "roster: head cap lost"
+    assert subj.loc["R3", "exclusion_reason"] == "no sessions"
+    assert tests.loc[0, "baseline_active"] == pytest.approx(15.0)
+    assert tests.loc[0, "pct_baseline"] == pytest.approx(400.0)
+    assert bool(tests.loc[0, "included"])
+    bins = m.time_bins(per, ev, cfg)
+    assert bins["bin_end_min"].tolist() == [30.0, 60.0, 90.0, 120.0]
+    assert bins["active"].tolist() == [1, 1, 0, 0]
