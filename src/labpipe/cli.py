@@ -131,8 +131,10 @@ def inspect(file: Path, as_json: bool) -> int:
 )
 def ingest(config_path: Path, workers: int | None, settle_seconds: float) -> int:
     """Take every new raw file into data/processed (catalog and parquet datasets)."""
+    from labpipe import nightly as nightly_mod
+
     cfg = _load(config_path)
-    summary = ingest_mod.ingest(
+    summary = nightly_mod.locked_ingest(
         cfg,
         workers=workers,
         settle_seconds=settle_seconds,
@@ -198,6 +200,96 @@ def export(config_path: Path, fmt: str, out_dir: Path | None) -> int:
     for path in report.export_tables(analysis.tables, fmt, target):
         click.echo(f"wrote {path}")
     return 0
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parsing processes (default: all cores).",
+)
+@click.option(
+    "--settle-seconds",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Leave files modified in the last S seconds pending (still being written).",
+)
+@click.option("--no-report", is_flag=True, help="Ingest only; do not rebuild the report.")
+def nightly(config_path: Path, workers: int | None, settle_seconds: float, no_report: bool) -> int:
+    """Locked ingest, then the report when anything changed; status.json; for cron."""
+    from labpipe import nightly as nightly_mod
+
+    cfg = _load(config_path)
+    result = nightly_mod.nightly(
+        cfg,
+        workers=workers,
+        settle_seconds=settle_seconds,
+        progress=_progress_bar("Ingesting"),
+        run_id=_STATE["run_id"],
+        report=not no_report,
+    )
+    _print_summary(result.summary)
+    rep = result.report
+    click.echo(f"Report: {'rebuilt' if rep.built else 'not rebuilt'} ({rep.reason}).")
+    click.echo(f"Status: {result.status_path}")
+    return result.exit_code
+
+
+@cli.command()
+@config_option
+def verify(config_path: Path) -> int:
+    """Check every output part and the catalog against their checksums; name the damage."""
+    from labpipe import nightly as nightly_mod
+
+    cfg = _load(config_path)
+    found = nightly_mod.verify(cfg, run_id=_STATE["run_id"])
+    for note in found.notes:
+        click.echo(f"  note     {note}")
+    for damage in found.damaged:
+        click.echo(f"  DAMAGED  {damage.path}: {damage.problem}")
+    if found.damaged:
+        click.echo(
+            f"{len(found.damaged)} damaged file(s) in {cfg.processed_dir}. "
+            "Run `labpipe rebuild` to re-derive them from data/raw."
+        )
+    else:
+        click.echo(f"All {found.parts_checked} parts, sessions.parquet and the catalog are sound.")
+    return found.exit_code
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parsing processes (default: all cores).",
+)
+@click.option(
+    "--settle-seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Leave files modified in the last S seconds pending (still being written).",
+)
+def rebuild(config_path: Path, workers: int | None, settle_seconds: float) -> int:
+    """Re-derive data/processed from data/raw beside the old state, then swap them."""
+    from labpipe import nightly as nightly_mod
+
+    cfg = _load(config_path)
+    result = nightly_mod.rebuild(
+        cfg,
+        workers=workers,
+        settle_seconds=settle_seconds,
+        progress=_progress_bar("Rebuilding"),
+        run_id=_STATE["run_id"],
+    )
+    _print_summary(result.summary)
+    click.echo(f"Rebuilt {cfg.processed_dir} from {cfg.raw_dir}.")
+    return result.exit_code
 
 
 def _progress_bar(label: str) -> Callable[[int, int], None] | None:
