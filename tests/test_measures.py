@@ -275,6 +275,9 @@ def test_upstream_flags_are_kept_and_joined():
     per = m.session_measures(sessions, no_events(), make_cfg(["R1"]))
     assert per["flags"].tolist() == ["", "catheter_failure", "", "bounce;aborted"]
     assert per["analyzable"].tolist() == [True, False, True, False]
+    # measures in, measures out: the same flags, not doubled
+    again = m.session_measures(per, no_events(), make_cfg(["R1"]))
+    assert again["flags"].tolist() == per["flags"].tolist()
 
 
 def test_session_measures_keeps_every_row_and_does_not_mutate_input():

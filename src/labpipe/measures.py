@@ -203,7 +203,10 @@ def _ingest_flags(df: pd.DataFrame) -> pd.Series:
     """Return the flags set upstream (a ``flags`` column, ";"-joined), "" when none."""
     if "flags" not in df.columns:
         return _str([""] * len(df), index=df.index)
-    return df["flags"].astype("str").fillna("").str.strip().str.strip(";")
+    flags = df["flags"].astype("str").fillna("").str.strip()
+    # the flags computed here are recomputed, never inherited (measures in, measures out)
+    flags = flags.str.replace(r"(?:^|;)(?:aborted|equipment_failure)(?=;|$)", "", regex=True)
+    return flags.str.strip(";")
 
 
 def _join_flags(parts: list[pd.Series]) -> pd.Series:
@@ -430,8 +433,8 @@ def time_bins(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> pd.Data
     negative times in the first, so the bins of a session always sum to its events.
     """
     width = float(cfg.analysis.time_bin_minutes)
-    s = _ordered(sessions) if len(sessions) else sessions
-    duration = _float(s["duration_min"]) if len(s) else pd.Series(dtype="float64")
+    s = _ordered(sessions)
+    duration = _float(s["duration_min"])
     keep = s["has_events"].astype("boolean").fillna(False).astype(bool) & duration.gt(0)
     s = s.loc[keep, ["session_id", "subject", "phase", "test"]].assign(duration_min=duration[keep])
     n_bins = np.ceil(s["duration_min"].to_numpy() / width - _EPS).astype("int64")
@@ -748,9 +751,8 @@ def test_table(measures: pd.DataFrame, subjects: pd.DataFrame, cfg: Any) -> pd.D
             "cohort": rein["cohort"].astype("str"),
             "test": rein["test"].astype("str"),
             "test_session_id": rein["session_id"].astype("str"),
-            "test_date": pd.Series(
-                [ts.date() for ts in rein["start"]], index=rein.index, dtype="object"
-            ),
+            # the lab's calendar date (start is in the config's zone)
+            "test_date": rein["start"].dt.date.astype("object"),
         }
     )
     b = base.reindex(pd.Index(rein["session_id"])).set_axis(rein.index)
