@@ -184,7 +184,13 @@ def _decode_text(data: bytes) -> tuple[str, str]:
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
+        pass
+    try:
         return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        # The five bytes cp1252 leaves undefined become control characters, which the
+        # checks of each field then name.
+        return data.decode("latin-1"), "latin-1"
 
 
 def _valid_zone(name: str) -> bool:
@@ -409,7 +415,12 @@ class Events(_Model):
     @field_validator("codes", mode="before")
     @classmethod
     def _no_same_code_twice(cls, value: object) -> object:
-        if isinstance(value, dict):
+        # Only when every key and name is otherwise valid: the per-key messages come first.
+        if (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and re.fullmatch(r"[0-9]+", k) for k in value)
+            and all(isinstance(v, str) and SNAKE_CASE.fullmatch(v) for v in value.values())
+        ):
             seen: dict[int, object] = {}
             for key in value:
                 if isinstance(key, str) and re.fullmatch(r"[0-9]+", key):
@@ -814,7 +825,9 @@ def _error_line(error: Any) -> tuple[str, str]:
         return where, f"expected {_TYPE_WORDS[kind]}, got {_show(value)} ({_kind(value)})"
     if kind in _BOUND_WORDS:
         key, words = _BOUND_WORDS[kind]
-        return where, f"expected a number {words} {ctx.get(key)}, got {_show(value)}"
+        bound = ctx.get(key)
+        shown = f"{bound:g}" if isinstance(bound, int | float) else str(bound)
+        return where, f"expected a number {words} {shown}, got {_show(value)}"
     if kind in ("literal_error", "enum"):
         return where, f"expected {ctx.get('expected')}, got {_show(value)}"
     if kind == "too_short":
@@ -889,7 +902,7 @@ def _parse_toml(data: bytes, label: str) -> dict[str, Any]:
         if what.startswith("invalid value"):
             hint = 'Text values need double quotes, e.g. phase = "acquisition".'
         raise ConfigError(
-            f"{where}: TOML syntax error: {what}{detail}", path=label, hint=hint
+            f"{where}: TOML syntax error: {what}{detail}.", path=label, hint=hint
         ) from None
 
 
@@ -1145,7 +1158,9 @@ def load_config(path: Path) -> Experiment:
     if isinstance(roster_rel, str) and not bad_roster_key:
         roster_path = path.parent / roster_rel
         roster_label = str(roster_path)
-        roster_bytes = _read_optional(roster_path, roster_label, problems, "roster CSV")
+        roster_bytes = _read_optional(
+            roster_path, f"{label}: roster: {roster_label}", problems, "roster CSV"
+        )
         if roster_bytes is None and not roster_path.exists():
             problems.append(
                 f"{label}: roster: the file {roster_label} does not exist (the path is "
