@@ -972,3 +972,14 @@ def test_skeleton_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("not a folder", encoding="utf-8")
     with pytest.raises(ConfigError, match="a file of that name"):
         write_skeleton(tmp_path)
+
+
+def test_the_experiment_survives_pickling_for_worker_processes(tmp_path: Path) -> None:
+    import pickle
+
+    exp = load_config(make_lab(tmp_path))
+    back = pickle.loads(pickle.dumps(exp))
+    assert back == exp
+    assert back.find_subject(" oo m1 ") is back.roster["OO M1"]
+    rule = back.match_phase("REIN_CUE_1")
+    assert rule is not None and rule.test == "cue"
