@@ -83,21 +83,27 @@ def demo(lab_dir: Path, workers: int | None) -> int:
     """Write a synthetic 24-rat experiment into LAB_DIR and run the pipeline on it."""
     from labpipe import demo as demo_mod
 
+    from labpipe import nightly as nightly_mod
+    from labpipe import pipeline
+
     truth = demo_mod.write_demo(lab_dir)
     cfg = _load(lab_dir / "configs" / "experiment.toml")
     click.echo(
         f"Wrote a synthetic experiment: {len(truth.animals)} rats, "
-        f"{len({s.file for s in truth.sessions})} raw files in {cfg.raw_dir}."
+        f"{len(truth.files)} raw files in {cfg.raw_dir}."
     )
-    summary = ingest_mod.ingest(
+    summary = nightly_mod.locked_ingest(
         cfg,
         workers=workers,
+        settle_seconds=0.0,
         progress=_progress_bar("Ingesting"),
         run_id=_STATE["run_id"],
-        command="demo",
     )
     _print_summary(summary)
-    # The demo's files include designed defects, so some input is set aside on purpose.
+    click.echo("(The demo's raw files include designed defects: the set-aside items are expected.)")
+    written = pipeline.build_report(cfg)
+    click.echo(f"Wrote {len(written)} report files to {cfg.reports_dir}.")
+    click.echo(f"Report: {cfg.reports_dir / 'index.html'}")
     return 0
 
 

@@ -1,0 +1,82 @@
+"""The demo experiment through ingest and the analysis: criteria and baselines vs the truth."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from labpipe import pipeline
+from labpipe.config import load_config
+from labpipe.demo import write_demo
+from labpipe.ingest import ingest
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_report") / "lab"
+    truth = write_demo(root)
+    cfg = load_config(root / "configs" / "experiment.toml")
+    ingest(cfg, workers=1)
+    return truth, cfg, pipeline.analyse(cfg)
+
+
+def test_criteria_and_exclusions_equal_what_the_generator_simulated(analysed):
+    truth, _, analysis = analysed
+    subjects = analysis.tables["subjects"].set_index("subject")
+    assert len(subjects) == len(truth.animals)
+    for a in truth.animals:
+        row = subjects.loc[a.subject]
+        assert bool(row["excluded"]) == a.excluded, a.subject
+        if a.exclusion_source == "acquisition_criterion":
+            assert row["exclusion_reason"] == "non-acquirer"
+        if a.exclusion_source == "roster":
+            assert row["exclusion_reason"].startswith("roster:")
+        if a.excluded:
+            continue
+        assert bool(row["acquisition_met"]) == a.acquisition_met, a.subject
+        assert row["acquisition_session"] == a.acquisition_session, a.subject
+        assert row["extinction_sessions_to_criterion"] == a.extinction_sessions_to_criterion
+
+
+def test_reinstatement_baselines_equal_the_simulation(analysed):
+    truth, _, analysis = analysed
+    tests = analysis.tables["tests"]
+    got = tests.set_index(["subject", "test"])
+    excluded = {a.subject for a in truth.animals if a.excluded}
+    checked = 0
+    for t in truth.tests:
+        row = got.loc[(t.subject, t.test)]
+        assert row["baseline_active"] == pytest.approx(t.baseline_active), (t.subject, t.test)
+        assert row["baseline_inactive"] == pytest.approx(t.baseline_inactive)
+        assert row["test_active"] == t.test_active
+        assert bool(row["included"]) == (t.subject not in excluded)
+        if t.baseline_active:
+            assert row["pct_baseline"] == pytest.approx(100 * t.test_active / t.baseline_active)
+        checked += 1
+    assert checked == 63
+
+
+def test_flagged_sessions_are_marked_and_kept_out_of_statistics(analysed):
+    truth, _, analysis = analysed
+    sessions = analysis.tables["sessions"]
+    flagged = {(s.subject, pd.Timestamp(s.start)): s.flags for s in truth.sessions if s.flags}
+    assert flagged
+    for (subject, start), flags in flagged.items():
+        row = sessions[(sessions.subject == subject) & (sessions.start == start)].iloc[0]
+        assert not row["analyzable"]
+        if "aborted" in flags:
+            assert row["flag_aborted"]
+        if "equipment_failure" in flags:
+            assert row["flag_equipment_failure"]
+    assert sessions["analyzable"].sum() == len(sessions) - len(flagged)
+
+
+def test_statistics_table_has_a_row_per_analysis_with_sentences(analysed):
+    _, _, analysis = analysed
+    stats = analysis.tables["stats"]
+    assert {"mixed_anova", "lmm", "ttest_paired", "posthoc", "gee_nb"} <= set(stats.analysis)
+    assert {"acquisition", "extinction", "reinstatement"} <= set(stats.phase)
+    lmm = stats[(stats.analysis == "lmm") & (stats.phase == "acquisition")]
+    assert "day_in_phase" in set(lmm.effect)
+    ok = stats[stats.p.notna()]
+    assert ok["sentence"].str.contains(r"p [<=] ", regex=True).all()
