@@ -82,7 +82,6 @@ def init(lab_dir: Path) -> int:
 def demo(lab_dir: Path, workers: int | None) -> int:
     """Write a synthetic 24-rat experiment into LAB_DIR and run the pipeline on it."""
     from labpipe import demo as demo_mod
-
     from labpipe import nightly as nightly_mod
     from labpipe import pipeline
 
