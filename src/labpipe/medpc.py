@@ -1,17 +1,914 @@
-"""Read and write MED-PC IV/V data files (raw bytes <-> :class:`labpipe.model.RawSession`).
+r"""Read and write MED-PC IV/V data files (raw bytes <-> :class:`labpipe.model.RawSession`).
 
-(The full format description is written with the reader; see below.)
+This is labpipe's raw layer: it turns the bytes of one MED-PC data file into sessions
+holding every header field and every variable exactly as written, and nothing more (dates,
+subjects and event codes are interpreted by later layers).
+
+The format
+----------
+A literal excerpt (``3c-lab/operant-data-pipeline``, ``Examples/SF1_MedPC_example_txt``;
+line ends shown as ``\r\n`` etc., and most rows shortened)::
+
+    File: D:\computer_E\MTF134EC21HSOXYLGA04\r\n
+    \n
+    \r\r\n
+    Start Date: 11/02/23\r\n
+    End Date: 11/03/23\r\n
+    Subject: M2169\r\n
+    Experiment: 0\r\n
+    Group: 0\r\n
+    Box: 1\r\n
+    Start Time: 15:28:23\r\n
+    End Time: 03:38:59\r\n
+    MSN: OXYGWAS 12h\r\n
+    A:       0.000\r\n
+    B:      44.000\r\n
+    ...
+    H:\r\n
+         0:    43035.000        0.000    43035.000        0.000\r\n
+    L:\r\n
+         0:        0.000        0.000        0.000        0.000        0.000\r\n
+         5:        0.000        0.000        0.000        0.000        0.000\r\n
+    ...
+      2000:        0.000\r\n
+    \n
+    \r\r\n
+    Start Date: 11/02/23\r\n          <- the next box's session block
+    ...
+
+* An optional ``File:`` line names the file MED-PC wrote; it applies to every block after
+  it and is put into each session's header as ``"File"`` (first in the header).
+* One file holds one or more session **blocks**; each starts at a ``Start Date:`` line
+  and runs to the next ``Start Date:`` (or ``File:``) line or the end of the file.
+* Header lines are ``Name: value``: ``Start Date``, ``End Date``, ``Subject``,
+  ``Experiment``, ``Group``, ``Box``, ``Start Time``, ``End Time``, ``MSN`` in that order
+  (other multi-letter names are kept as well). Values are kept as text, stripped:
+  ``Start Time:  9:29:07`` (hour padded with a blank) gives ``"9:29:07"``,
+  ``Subject:M1`` (no blank) gives ``"M1"``, ``Subject: OO M1`` gives ``"OO M1"``,
+  ``Group: `` gives ``""``; 2- and 4-digit years are left to the date layer. A missing
+  field is absent from the dict.
+* Variables are single capital letters. A **scalar** is ``B:    1513.000`` on one line. An
+  **array** is a letter line ``C:`` followed by rows ``     0:      153.000 ...``: a
+  right-aligned row label (the index of the row's first value; wider than 6 when needed,
+  ``100000:``) and 1 to 8 values (MED-PC's ``DISKCOLUMNS``; 1, 5, 6 and 8 are seen).
+  An array with no rows (``L:`` followed by the next letter) is an array of length 0.
+  Every slot is kept, trailing zero padding included: the raw layer does not guess.
+* Values are ``%.3f`` (``DISKFORMAT``), ``%.5f``, or integers without a decimal point
+  (``     0:   11    2    0``), some written in exponent form (``1.5E2``); negative
+  values occur. Blanks and tabs after the last value of a row are ignored.
+* Comment lines start with a backslash (``\9/17 20% sucrose``) and follow the variables;
+  they are kept, backslash removed, in :attr:`RawSession.comments`.
+* Line ends: CRLF (MED-PC on Windows), LF (a file normalised by git), CR, and the
+  framing MED-PC writes before each block, a bare LF line then a CR CR LF line. ``\r\n``
+  counts as one line end and a lone ``\r`` or ``\n`` as one each, so ``\r\r\n`` is two
+  (line numbers in messages are those of an editor that shows CR as a line break). The
+  text is split on ``\n`` only after normalising: never with ``str.splitlines()``, which
+  also splits on ``\x1c``-``\x1e``, ``\x85`` and ``\u2028``.
+* Bytes are decoded as UTF-8 (a byte-order mark is dropped; it must not hide the first
+  ``Start Date:``), else cp1252 (MED-PC writes the Windows ANSI code page), else latin-1.
+  UTF-16 text ("Unicode" in Notepad: a UTF-16 BOM, or many NUL bytes) is refused.
+
+Rules of the reader
+-------------------
+* Row labels must be contiguous: each row's label equals the number of values read
+  before it in that array. A jump, a row without values, a value that is not a number or
+  a line that belongs nowhere makes that block a :class:`~labpipe.model.BlockProblem`
+  (``BAD_VALUE``; ``BAD_HEADER`` for the header), and the other blocks are still read.
+* A block must name ``Start Date``, ``Start Time``, ``Subject`` and ``Box`` to be
+  identifiable; otherwise it is ``BAD_HEADER``.
+* **Truncation.** MED-PC writes blocks one after another, so only the *last* block of a
+  file can be cut off (power loss, a copy interrupted, a file still being written). The
+  last block is ``TRUNCATED_BLOCK`` when
+
+  1. the file does not end with a line end (every complete MED-PC file does): the last
+     line, be it a header, a scalar or an array row, may be cut in the middle of a value
+     (``1339.0201971`` cannot be told from a complete number). Only a trailing comment
+     line (``\...``) is exempt; or
+  2. the file ends in NUL bytes (what NTFS leaves after a power loss): the NULs stand where
+     data should be; or
+  3. the block has a header but no variable (the cut came during or right after the
+     header); or
+  4. an earlier block of the file ran the same MSN, and this block stops short of it: its
+     letters are a strict prefix of the earlier block's, or its last variable is an array
+     shorter than the earlier block's (the cut fell exactly on a line end).
+
+  A single-block file cut exactly at a line end after a complete row or scalar cannot be
+  told from a complete one; ingest's settle window (the file must not change for a while)
+  covers the file-still-being-written case.
+* Whole-file failures raise :class:`~labpipe.errors.MedPCFormatError`: ``EMPTY_FILE``,
+  ``NOT_MEDPC`` (neither a ``Start Date:`` block nor a variable), ``BAD_HEADER`` (variables
+  but no header: a "stripped" file; or a single block that cannot be identified; a file
+  whose only block fails raises that block's reason), ``UNREADABLE_ENCODING`` and
+  ``TOO_LARGE`` (see :class:`Limits`). Nothing else escapes: no ``ValueError``,
+  ``UnicodeDecodeError``, ``IndexError`` or ``MemoryError``; memory and time are bounded by
+  the caps whatever the bytes.
+* Speed: an array's rows are checked and converted in bulk (one ``str.split`` per row in
+  C, one float conversion for the whole array, label checks with numpy), not value by
+  value in Python.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from labpipe.model import HEADER_FIELDS, RawSession
+from labpipe.errors import MedPCFormatError
+from labpipe.model import HEADER_FIELDS, BlockProblem, ParsedFile, RawSession, Reason, Value
 
-__all__ = ["format_medpc"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "PARSER_VERSION",
+    "Limits",
+    "describe",
+    "format_medpc",
+    "inspect_problems",
+    "inspect_records",
+    "parse_medpc",
+    "read_medpc",
+]
+
+#: Bumped whenever the reader's output for some input changes.
+PARSER_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps that bound the reader's memory and time, set well above real files.
+
+    Attributes
+    ----------
+    max_file_bytes
+        Largest file read (the biggest real file seen is under 1 MB).
+    max_line_chars
+        Longest line, in bytes.
+    max_array_values
+        Most values in one array (real arrays reach 100 001 slots).
+    max_blocks
+        Most session blocks in one file.
+    """
+
+    max_file_bytes: int = 64 * 2**20
+    max_line_chars: int = 64 * 2**10
+    max_array_values: int = 2_000_000
+    max_blocks: int = 4096
+
+
+DEFAULT_LIMITS = Limits()
+
+#: Fields a block needs to be told apart from every other session.
+_IDENTITY = ("Start Date", "Start Time", "Subject", "Box")
+_SAVE_AS = "Open it in Notepad and save it again with Encoding 'ANSI' or 'UTF-8'."
+
+# The text searched always starts with "\n", so that every line start follows a "\n": a
+# pattern opening with a literal "\n" is searched far faster than one opening with "^".
+_BLOCK_RE = re.compile(r"\n(Start Date|File)[ \t]*:([^\n]*)")
+_VAR_RE = re.compile(r"\n([A-Z]):([^\n]*)")
+_HEADER_RE = re.compile(r"([A-Za-z][A-Za-z ]*[A-Za-z])[ \t]*:(.*)")
+_ROW_START_RE = re.compile(r"[ \t]*\d+:")
+_LABEL_RE = re.compile(r"\n[ \t]*\d+:")
+_COMMENT_RE = re.compile(r"^\\([^\n]*)$", re.M)
+#: Characters an array's rows may hold (digits, sign, point, exponent, label colon).
+_ROW_BAD_CHAR = re.compile(r"[^0-9 \t.eE+\-:\n]")
+_NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+#: Array rows are converted this many characters at a time, to bound memory.
+_CHUNK_CHARS = 1 << 20
+
+
+class _BlockError(Exception):
+    """A block cannot be read (internal; becomes a BlockProblem)."""
+
+    def __init__(self, reason: Reason, pos: int, message: str, *, incomplete: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.pos = pos
+        self.message = message
+        self.incomplete = incomplete
+        self.header: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------------------------------
+# Bytes -> text
+# ---------------------------------------------------------------------------------------
+
+
+def _fail(reason: Reason, message: str, source: str, line: int | None = None) -> MedPCFormatError:
+    return MedPCFormatError(
+        f"{source}: {message}", reason_code=reason.value, path=source, line=line
+    )
+
+
+def _byte_line(data: bytes, pos: int) -> int:
+    """Return the 1-based line number of byte ``pos`` (CRLF, CR and LF each end a line)."""
+    head = data[:pos]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def _check_bytes(data: bytes, source: str, limits: Limits) -> tuple[bytes, bool]:
+    """Refuse what cannot be a MED-PC file; return the bytes without NUL padding.
+
+    Returns the content and whether NUL padding was cut off its end.
+    """
+    if len(data) > limits.max_file_bytes:
+        raise _fail(
+            Reason.TOO_LARGE,
+            f"the file is {len(data):,} bytes; no MED-PC data file is larger than "
+            f"{limits.max_file_bytes:,} bytes, so it is not read.",
+            source,
+        )
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise MedPCFormatError(
+            f"{source}: the file was saved as 'Unicode' (UTF-16) text, which MED-PC never writes.",
+            reason_code=Reason.UNREADABLE_ENCODING.value,
+            path=source,
+            hint=_SAVE_AS,
+        )
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    content = data.rstrip(b"\x00")
+    padded = len(content) < len(data)
+    if not content.strip(b" \t\r\n\x0b\x0c\x00"):
+        if not data:
+            what = "is empty (0 bytes)"
+        elif padded:
+            what = "holds only NUL bytes and blanks (what a power loss leaves behind)"
+        else:
+            what = "holds only blanks and line ends"
+        raise _fail(Reason.EMPTY_FILE, f"the file {what}; it holds no session.", source)
+    nuls = content.count(b"\x00")
+    if nuls and (nuls * 8 >= len(content) or content[1:200:2].count(0) > 40):
+        raise MedPCFormatError(
+            f"{source}: the file holds {nuls:,} NUL bytes: it looks like 'Unicode' "
+            "(UTF-16) text, not a MED-PC data file as MED-PC writes it.",
+            reason_code=Reason.UNREADABLE_ENCODING.value,
+            path=source,
+            hint=_SAVE_AS,
+        )
+    if len(content) > limits.max_line_chars:
+        raw = np.frombuffer(content, dtype=np.uint8)
+        ends = np.flatnonzero((raw == 10) | (raw == 13))
+        bounds = np.concatenate(([-1], ends, [len(raw)]))
+        gaps = np.diff(bounds) - 1
+        worst = int(np.argmax(gaps))
+        if gaps[worst] > limits.max_line_chars:
+            start = int(bounds[worst]) + 1
+            raise _fail(
+                Reason.TOO_LARGE,
+                f"line {_byte_line(content, start)} is {int(gaps[worst]):,} characters long; "
+                f"no MED-PC line is longer than {limits.max_line_chars:,}.",
+                source,
+                _byte_line(content, start),
+            )
+    return content, padded
+
+
+def _decode(content: bytes) -> tuple[str, str]:
+    """Decode as UTF-8, else cp1252, else latin-1 (which never fails)."""
+    for codec in ("utf-8", "cp1252"):
+        try:
+            return content.decode(codec), codec
+        except UnicodeDecodeError:
+            continue
+    return content.decode("latin-1"), "latin-1"
+
+
+def _newline_style(content: bytes) -> str:
+    """Name the line ends of the file's non-blank lines: CRLF, LF, CR or mixed.
+
+    The blank lines of MED-PC's block framing (a bare LF, then CR CR LF) do not count.
+    """
+    if b"\r" not in content:
+        return "LF"
+    if b"\n" not in content:
+        return "CR"
+    raw = np.frombuffer(content, dtype=np.uint8)
+    at = np.flatnonzero((raw == 10) | (raw == 13))  # every CR and LF, in order
+    byte = raw[at]
+    # Adjacent to another CR/LF byte?
+    prev_adj = np.concatenate(([False], at[1:] == at[:-1] + 1))
+    next_adj = np.concatenate((at[1:] == at[:-1] + 1, [False]))
+    is_cr = byte == 13
+    next_is_lf = np.concatenate((byte[1:] == 10, [False])) & next_adj
+    # A line end is a CR (with the LF after it, if any) or an LF not after a CR; it ends a
+    # non-blank line when the byte before it is not a CR/LF byte.
+    content_end = ~prev_adj
+    crlf = int(np.count_nonzero(content_end & is_cr & next_is_lf))
+    cr = int(np.count_nonzero(content_end & is_cr & ~next_is_lf))
+    lf = int(np.count_nonzero(content_end & ~is_cr))
+    kinds = [name for name, n in (("CRLF", crlf), ("LF", lf), ("CR", cr)) if n]
+    if len(kinds) == 1:
+        return kinds[0]
+    return "mixed" if kinds else "CRLF"
+
+
+# ---------------------------------------------------------------------------------------
+# Text -> sessions
+# ---------------------------------------------------------------------------------------
+
+
+def _who(header: dict[str, str], block: int, line: int) -> str:
+    """Name a block for a lab tech: its box and subject when known."""
+    box, subject = header.get("Box"), header.get("Subject")
+    if box and subject:
+        return f"session for box {box} (subject {subject})"
+    if box:
+        return f"session for box {box}"
+    if subject:
+        return f"session for subject {subject}"
+    return f"session block {block + 1} (line {line})"
+
+
+def _line_of(text: str, pos: int) -> int:
+    """Return the 1-based line of ``pos`` in the text (which starts with an extra line end)."""
+    return max(1, text.count("\n", 0, pos))
+
+
+def _parse_header(
+    text: str, start: int, end: int
+) -> tuple[dict[str, str], list[tuple[str, int]], int | None]:
+    """Read the header lines in ``text[start:end]``.
+
+    Returns the fields, the comment lines (text, position) and the position of the first
+    line that is not a header line (``None`` when every line was).
+    """
+    header: dict[str, str] = {}
+    comments: list[tuple[str, int]] = []
+    pos = start
+    for line in text[start:end].split("\n"):
+        here = pos
+        pos += len(line) + 1
+        if not line.strip():
+            continue
+        if line.startswith("\\"):
+            comments.append((line[1:], here))
+            continue
+        match = _HEADER_RE.fullmatch(line)
+        if match is None:
+            return header, comments, here
+        name = match.group(1)
+        if name in header:
+            raise _BlockError(Reason.BAD_HEADER, here, f"has the header field {name!r} twice")
+        header[name] = match.group(2).strip()
+    return header, comments, None
+
+
+def _strip_comments(segment: str, comments: list[tuple[str, int]], base: int) -> str:
+    """Collect the comment lines of ``segment`` and blank them (line numbers stay)."""
+    if "\\" not in segment:
+        return segment
+    for match in _COMMENT_RE.finditer(segment):
+        comments.append((match.group(1), base + match.start()))
+    return _COMMENT_RE.sub("", segment)
+
+
+def _parse_scalar(letter: str, raw: str, pos: int) -> float:
+    value = raw.strip()
+    if _NUMBER_RE.fullmatch(value) is None:
+        raise _BlockError(
+            Reason.BAD_VALUE, pos, f"has {value[:40]!r} as the value of {letter}, not a number"
+        )
+    return float(value)
+
+
+def _row_chunks(segment: str) -> list[tuple[int, str]]:
+    """Split ``segment`` at line ends into pieces of about _CHUNK_CHARS characters."""
+    if len(segment) <= _CHUNK_CHARS:
+        return [(0, segment)]
+    chunks: list[tuple[int, str]] = []
+    start = 0
+    while start < len(segment):
+        cut = segment.find("\n", start + _CHUNK_CHARS)
+        stop = len(segment) if cut < 0 else cut + 1
+        chunks.append((start, segment[start:stop]))
+        start = stop
+    return chunks
+
+
+def _diagnose_rows(letter: str, segment: str, base: int, done: int) -> _BlockError:
+    """Find the first bad line of an array's rows, line by line (the slow path).
+
+    ``done`` is the number of values read before ``segment``.
+    """
+    pos = base
+    count = done
+    for line in segment.split("\n"):
+        here = pos
+        pos += len(line) + 1
+        if not line.strip():
+            continue
+        label, colon, rest = line.partition(":")
+        label = label.strip()
+        if not colon or not label.isdigit() or not label.isascii():
+            return _BlockError(
+                Reason.BAD_VALUE,
+                here,
+                f"has a line in array {letter} that is not an array row: {line.strip()[:40]!r}",
+            )
+        values = rest.split()
+        for value in values:
+            if _NUMBER_RE.fullmatch(value) is None:
+                return _BlockError(
+                    Reason.BAD_VALUE,
+                    here,
+                    f"has {value[:40]!r} in array {letter} (row {label}:), not a number",
+                )
+        if len(label) > 12 or int(label) != count:
+            return _BlockError(
+                Reason.BAD_VALUE,
+                here,
+                f"has a gap in array {letter}: row {label[:20]}: follows {count} values "
+                f"(the label should be {count}:)",
+            )
+        if not values:
+            return _BlockError(
+                Reason.BAD_VALUE, here, f"has an empty row {label}: in array {letter}"
+            )
+        count += len(values)
+    return _BlockError(Reason.BAD_VALUE, base, f"has rows in array {letter} that cannot be read")
+
+
+def _parse_rows(letter: str, segment: str, base: int, limits: Limits) -> np.ndarray:
+    """Convert the rows of one array (``segment`` = the lines after its letter line).
+
+    The labels are checked and all values converted in bulk; on any doubt the rows are
+    re-read one by one to name the bad line.
+    """
+    parts: list[np.ndarray] = []
+    done = 0
+    for offset, chunk in _row_chunks(segment):
+        if _ROW_BAD_CHAR.search(chunk) is not None:
+            raise _diagnose_rows(letter, chunk, base + offset, done)
+        # Every non-blank line must be `label: values`; glued labels (`0:11`) split too.
+        rows = list(map(str.split, chunk.replace(":", " ").split("\n")))
+        counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        counts = counts[counts > 0]
+        n_rows = len(counts)
+        if (
+            chunk.count(":") != n_rows
+            or len(_LABEL_RE.findall("\n" + chunk)) != n_rows
+            or np.any(counts < 2)
+        ):
+            raise _diagnose_rows(letter, chunk, base + offset, done)
+        n_values = int(counts.sum()) - n_rows
+        if done + n_values > limits.max_array_values:
+            raise _BlockError(
+                Reason.TOO_LARGE,
+                base + offset,
+                f"has more than {limits.max_array_values:,} values in array {letter}",
+            )
+        tokens = itertools.chain.from_iterable(rows)
+        try:
+            flat = np.fromiter(map(float, tokens), dtype=np.float64, count=n_values + n_rows)
+        except ValueError:
+            raise _diagnose_rows(letter, chunk, base + offset, done) from None
+        # Row i's label sits at flat index starts[i] and must equal the number of values
+        # before it: starts[i] - i labels came earlier.
+        starts = np.cumsum(counts) - counts
+        expected = starts - np.arange(n_rows) + done
+        if not np.array_equal(flat[starts], expected):
+            raise _diagnose_rows(letter, chunk, base + offset, done)
+        keep = np.ones(len(flat), dtype=bool)
+        keep[starts] = False
+        parts.append(flat[keep])
+        done += n_values
+    if not parts:
+        return np.empty(0, dtype=np.float64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass(slots=True)
+class _Block:
+    """Where one block lies in the text, and the ``File:`` line that applies to it."""
+
+    start: int
+    end: int
+    line: int
+    file_line: str | None
+
+
+def _parse_block(text: str, block: _Block, index: int, limits: Limits) -> RawSession:
+    """Read one block; raise _BlockError naming what is wrong and where."""
+    first_var = _VAR_RE.search(text, block.start, block.end)
+    head_end = first_var.start(1) if first_var else block.end
+    header, comments, stray = _parse_header(text, block.start, head_end)
+    if block.file_line is not None:
+        header = {"File": block.file_line, **header}
+    try:
+        if "\x00" in text[block.start : block.end]:
+            at = text.index("\x00", block.start, block.end)
+            raise _BlockError(Reason.BAD_VALUE, at, "holds NUL bytes (the file is damaged here)")
+        if stray is not None:
+            line = text[stray : text.find("\n", stray, head_end) % (head_end + 1)]
+            if _ROW_START_RE.match(line):
+                raise _BlockError(
+                    Reason.BAD_VALUE, stray, "has array rows before any variable letter"
+                )
+            raise _BlockError(
+                Reason.BAD_HEADER,
+                stray,
+                f"has a line that is neither a header field nor a variable: {line.strip()[:40]!r}",
+            )
+        if first_var is None:
+            raise _BlockError(
+                Reason.BAD_HEADER, block.start, "has a header but no variables", incomplete=True
+            )
+        missing = [name for name in _IDENTITY if name not in header]
+        if missing:
+            raise _BlockError(
+                Reason.BAD_HEADER,
+                block.start,
+                f"has no {', '.join(missing)} in its header; labpipe cannot tell which "
+                "session this is",
+            )
+        variables: dict[str, Value] = {}
+        matches = list(_VAR_RE.finditer(text, first_var.start(), block.end))
+        if len(matches) > 26 * 4:
+            raise _BlockError(Reason.BAD_VALUE, matches[0].start(1), "has too many variables")
+        for i, match in enumerate(matches):
+            letter, raw = match.group(1), match.group(2)
+            seg_start = match.end() + 1
+            seg_end = matches[i + 1].start() if i + 1 < len(matches) else block.end
+            segment = text[seg_start:seg_end] if seg_start < seg_end else ""
+            segment = _strip_comments(segment, comments, seg_start)
+            if letter in variables:
+                raise _BlockError(
+                    Reason.BAD_VALUE, match.start(1), f"has the variable {letter} twice"
+                )
+            if raw.strip():
+                variables[letter] = _parse_scalar(letter, raw, match.start(1))
+                if segment.strip():
+                    off = len(segment) - len(segment.lstrip())
+                    raise _BlockError(
+                        Reason.BAD_VALUE,
+                        seg_start + off,
+                        f"has unexpected text after the scalar {letter}: {segment.strip()[:40]!r}",
+                    )
+            elif segment.strip():
+                variables[letter] = _parse_rows(letter, segment, seg_start, limits)
+            else:
+                variables[letter] = np.empty(0, dtype=np.float64)
+    except _BlockError as exc:
+        exc.header = header
+        raise
+    return RawSession(
+        header=header,
+        variables=variables,
+        block=index,
+        line=block.line,
+        comments=tuple(c for c, _ in sorted(comments, key=lambda c: c[1])),
+    )
+
+
+def _cut_place(text: str, block: _Block) -> str:
+    """Describe where a cut-off block stops ("in the middle of array E (row 340:)")."""
+    last_var = None
+    for last_var in _VAR_RE.finditer(text, block.start, block.end):  # noqa: B007
+        pass
+    if last_var is None:
+        return "in its header"
+    letter = last_var.group(1)
+    if last_var.group(2).strip():
+        return f"at the scalar {letter}"
+    tail = text[last_var.end() : block.end].rstrip()
+    last_line = tail[tail.rfind("\n") + 1 :]
+    label, colon, _ = last_line.partition(":")
+    if colon and label.strip().isdigit():
+        return f"in the middle of array {letter} (row {label.strip()}:)"
+    return f"at the start of array {letter}"
+
+
+def _find_blocks(text: str, source: str, limits: Limits) -> tuple[list[_Block], int]:
+    """Find the session blocks; return them and where the first one starts."""
+    blocks: list[_Block] = []
+    file_line: str | None = None
+    first = len(text)
+    line = 0
+    counted = 0
+    for match in _BLOCK_RE.finditer(text):
+        if blocks and blocks[-1].end == len(text):
+            blocks[-1].end = match.start()
+        if match.group(1) == "File":
+            file_line = match.group(2).strip()
+            continue
+        if len(blocks) >= limits.max_blocks:
+            raise _fail(
+                Reason.TOO_LARGE,
+                f"the file holds more than {limits.max_blocks:,} session blocks; no MED-PC "
+                "file holds that many.",
+                source,
+            )
+        line += text.count("\n", counted, match.start(1))
+        counted = match.start(1)
+        first = min(first, match.start(1))
+        blocks.append(_Block(match.start(1), len(text), line, file_line))
+    return blocks, first
+
+
+def parse_medpc(
+    data: bytes, *, source: str = "<bytes>", limits: Limits = DEFAULT_LIMITS
+) -> ParsedFile:
+    """Read every session of a MED-PC data file from its bytes.
+
+    Parameters
+    ----------
+    data
+        The file's bytes.
+    source
+        The file's name, used in messages.
+    limits
+        Caps on size; see :class:`Limits`.
+
+    Returns
+    -------
+    ParsedFile
+        The complete sessions in file order, the blocks that could not be read (each a
+        :class:`~labpipe.model.BlockProblem`), the codec and the line-end style.
+
+    Raises
+    ------
+    MedPCFormatError
+        When no session can be read at all, with ``reason_code`` ``EMPTY_FILE``,
+        ``NOT_MEDPC``, ``BAD_HEADER``, ``UNREADABLE_ENCODING``, ``TOO_LARGE`` or that of
+        the file's only block. No other exception escapes for any input.
+    """
+    try:
+        return _parse(data, source, limits)
+    except MedPCFormatError:
+        raise
+    except (MemoryError, RecursionError) as exc:  # a cap was not tight enough: refuse
+        raise _fail(
+            Reason.TOO_LARGE, f"the file is too large to read ({type(exc).__name__}).", source
+        ) from None
+
+
+def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
+    content, padded = _check_bytes(data, source, limits)
+    text, codec = _decode(content)
+    newline = _newline_style(content)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n" + text
+    # Every complete MED-PC file ends with a line end; NUL padding stands for lost data.
+    tail = text[text.rfind("\n") + 1 :]
+    cut = padded or (bool(tail) and not tail.startswith("\\"))
+    blocks, first = _find_blocks(text, source, limits)
+    stray_var = _VAR_RE.search(text, 0, first)
+    prelude = _BLOCK_RE.sub("", _strip_comments(text[:first], [], 0))
+    if not blocks:
+        if stray_var is not None:
+            raise _fail(
+                Reason.BAD_HEADER,
+                "the file has MED-PC variables but no Start Date/Subject/Box header; "
+                "labpipe cannot tell which session this is.",
+                source,
+                _line_of(text, stray_var.start(1)),
+            )
+        raise _fail(
+            Reason.NOT_MEDPC,
+            "this is not a MED-PC data file: it has no 'Start Date:' line and no variables.",
+            source,
+        )
+    sessions: list[RawSession] = []
+    problems: list[BlockProblem] = []
+    offset = 0
+    if prelude.strip():
+        # Data before the first Start Date: a block whose header was stripped.
+        head = text[:first]
+        at = stray_var.start(1) if stray_var else len(head) - len(head.lstrip())
+        problems.append(
+            BlockProblem(
+                block=0,
+                line=_line_of(text, at),
+                reason=Reason.BAD_HEADER,
+                message=f"{source}: the data before line {blocks[0].line} have no Start Date/"
+                "Subject/Box header; labpipe cannot tell which session they are.",
+            )
+        )
+        offset = 1
+    for i, block in enumerate(blocks):
+        index = i + offset
+        last = i == len(blocks) - 1
+        try:
+            session = _parse_block(text, block, index, limits)
+        except _BlockError as exc:
+            header = exc.header
+            who = _who(header, index, block.line)
+            if last and (cut or exc.incomplete):
+                problems.append(_truncated(text, block, index, header, source, padded))
+            else:
+                problems.append(
+                    BlockProblem(
+                        block=index,
+                        line=_line_of(text, exc.pos),
+                        reason=exc.reason,
+                        message=f"{source}: line {_line_of(text, exc.pos)}: the {who} "
+                        f"{exc.message}.",
+                        header=header,
+                    )
+                )
+            continue
+        if last and (cut or _stops_short(session, sessions)):
+            problems.append(_truncated(text, block, index, dict(session.header), source, padded))
+            continue
+        sessions.append(session)
+    if not sessions and len(problems) == 1:
+        only = problems[0]
+        raise MedPCFormatError(
+            only.message, reason_code=only.reason.value, path=source, line=only.line
+        )
+    return ParsedFile(
+        sessions=tuple(sessions), problems=tuple(problems), encoding=codec, newline=newline
+    )
+
+
+def _stops_short(session: RawSession, earlier: Sequence[RawSession]) -> bool:
+    """Tell whether the last block stops short of an earlier block of the same MSN."""
+    ref = next((s for s in earlier if s.msn == session.msn), None)
+    if ref is None:
+        return False
+    mine, theirs = list(session.variables), list(ref.variables)
+    if len(mine) < len(theirs) and theirs[: len(mine)] == mine:
+        return True
+    if mine != theirs or not mine:
+        return False
+    a, b = session.variables[mine[-1]], ref.variables[mine[-1]]
+    return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and len(a) < len(b)
+
+
+def _truncated(
+    text: str, block: _Block, index: int, header: dict[str, str], source: str, padded: bool
+) -> BlockProblem:
+    """Build the BlockProblem of a cut-off last block."""
+    end_line = _line_of(text, len(text.rstrip("\n")))
+    why = "ends in NUL bytes" if padded else "is cut off"
+    return BlockProblem(
+        block=index,
+        line=end_line,
+        reason=Reason.TRUNCATED_BLOCK,
+        message=f"{source}: line {end_line}: the {_who(header, index, block.line)} ends "
+        f"{_cut_place(text, block)}; the file {why} — was the MED-PC computer shut down, "
+        "or is MED-PC still writing the file?",
+        header=header,
+    )
+
+
+def read_medpc(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+    """Read every session of a MED-PC data file.
+
+    The file is opened read-only; a file larger than ``limits.max_file_bytes`` is refused
+    before it is read.
+
+    Parameters
+    ----------
+    path
+        The raw file.
+    limits
+        Caps on size; see :class:`Limits`.
+
+    Returns
+    -------
+    ParsedFile
+        As :func:`parse_medpc`.
+
+    Raises
+    ------
+    MedPCFormatError
+        As :func:`parse_medpc` (``TOO_LARGE`` for a file over the size cap).
+    OSError
+        The file cannot be opened or read.
+    """
+    source = os.fspath(path)
+    with open(source, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limits.max_file_bytes:
+            raise _fail(
+                Reason.TOO_LARGE,
+                f"the file is {size:,} bytes; no MED-PC data file is larger than "
+                f"{limits.max_file_bytes:,} bytes, so it is not read.",
+                source,
+            )
+        data = fh.read(limits.max_file_bytes + 1)
+    return parse_medpc(data, source=source, limits=limits)
+
+
+# ---------------------------------------------------------------------------------------
+# `labpipe inspect`
+# ---------------------------------------------------------------------------------------
+
+
+def _json_value(value: Value) -> float | list[float]:
+    if isinstance(value, np.ndarray):
+        return [float(v) for v in value.tolist()]
+    return float(value)
+
+
+def inspect_records(parsed: ParsedFile) -> list[dict[str, Any]]:
+    """Return the sessions as JSON-ready records (for ``labpipe inspect --json``).
+
+    Lossless: ``json.dumps`` writes floats so that they read back as the same values.
+
+    Parameters
+    ----------
+    parsed
+        A parsed file.
+
+    Returns
+    -------
+    list of dict
+        One record a session, in file order: ``{"block": int, "line": int, "header":
+        {field: text}, "variables": {letter: number | [numbers]}, "comments": [text]}``.
+        Scalars are floats, arrays lists of floats (every slot). Blocks that could not be
+        read are not here; see :func:`inspect_problems`.
+    """
+    return [
+        {
+            "block": s.block,
+            "line": s.line,
+            "header": dict(s.header),
+            "variables": {k: _json_value(v) for k, v in s.variables.items()},
+            "comments": list(s.comments),
+        }
+        for s in parsed.sessions
+    ]
+
+
+def inspect_problems(parsed: ParsedFile) -> list[dict[str, Any]]:
+    """Return the blocks that could not be read as JSON-ready records.
+
+    Parameters
+    ----------
+    parsed
+        A parsed file.
+
+    Returns
+    -------
+    list of dict
+        ``{"block": int, "line": int, "reason": code, "message": text, "header": {...}}``.
+    """
+    return [
+        {
+            "block": p.block,
+            "line": p.line,
+            "reason": p.reason.value,
+            "message": p.message,
+            "header": dict(p.header),
+        }
+        for p in parsed.problems
+    ]
+
+
+def _short(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else f"{value:.0f}"
+
+
+def describe(parsed: ParsedFile, path: str) -> str:
+    """Summarise a parsed file for a person (``labpipe inspect FILE``).
+
+    Parameters
+    ----------
+    parsed
+        A parsed file.
+    path
+        The file's name, for the first line.
+
+    Returns
+    -------
+    str
+        Per session: the header fields, the scalars with their values, the arrays with
+        their length and first and last values; then the blocks that could not be read.
+    """
+    out = [
+        f"{path}: {len(parsed.sessions)} session(s), {len(parsed.problems)} problem(s); "
+        f"encoding {parsed.encoding}, line ends {parsed.newline}"
+    ]
+    for s in parsed.sessions:
+        out.append("")
+        out.append(f"Session {s.block + 1} (line {s.line})")
+        out.extend(f"  {name}: {text}" for name, text in s.header.items())
+        scalars = [(k, v) for k, v in s.variables.items() if not isinstance(v, np.ndarray)]
+        arrays = [(k, v) for k, v in s.variables.items() if isinstance(v, np.ndarray)]
+        if scalars:
+            out.append("  scalars: " + "  ".join(f"{k}={_short(v)}" for k, v in scalars))
+        for k, v in arrays:
+            if len(v) == 0:
+                out.append(f"  array {k}: empty")
+            else:
+                nonzero = int(np.count_nonzero(v))
+                out.append(
+                    f"  array {k}: {len(v)} values ({nonzero} non-zero), first "
+                    f"{_short(v[0])}, last {_short(v[-1])}"
+                )
+        out.extend(f"  comment: {c}" for c in s.comments)
+    for p in parsed.problems:
+        out.append("")
+        out.append(f"Problem in block {p.block + 1} (line {p.line}) [{p.reason.value}]")
+        out.append(f"  {p.message}")
+    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------
