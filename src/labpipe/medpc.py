@@ -82,8 +82,11 @@ Rules of the reader
 
   1. the file does not end with a line end (every complete MED-PC file does): the last
      line, be it a header, a scalar or an array row, may be cut in the middle of a value
-     (``1339.0201971`` cannot be told from a complete number). Only a trailing comment
-     line (``\...``) is exempt; or
+     (``1339.020`` cannot be told from a complete number). Only a trailing comment line
+     (``\...``) is exempt; a CRLF file ending in a lone CR counts as cut too. A last line
+     that is the start of ``Start Date:`` after a blank line is a new block cut in its
+     first line: the block before it is whole, and the lost one is reported as a
+     ``TRUNCATED_BLOCK`` problem of its own; or
   2. the file ends in NUL bytes (what NTFS leaves after a power loss): the NULs stand where
      data should be; or
   3. the block has a header but no variable (the cut came during or right after the
@@ -654,8 +657,18 @@ def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = "\n" + text
     # Every complete MED-PC file ends with a line end; NUL padding stands for lost data.
-    tail = text[text.rfind("\n") + 1 :]
+    tail_at = text.rfind("\n") + 1
+    tail = text[tail_at:]
     cut = padded or (bool(tail) and not tail.startswith("\\"))
+    # A CRLF file ending in a lone CR was cut between the CR and the LF.
+    cut = cut or (content.endswith(b"\r") and b"\r\n" in content)
+    lost_line = None
+    if tail and "Start Date:".startswith(tail) and text.endswith("\n\n" + tail):
+        # Cut in the first line of a new block (blocks follow a blank line; variable lines
+        # never do): the block before is whole, the new one is lost.
+        lost_line = _line_of(text, tail_at)
+        text = text[:tail_at]
+        cut = False
     blocks, first = _find_blocks(text, source, limits)
     stray_var = _VAR_RE.search(text, 0, first)
     prelude = _BLOCK_RE.sub("", _strip_comments(text[:first], [], 0))
@@ -716,6 +729,17 @@ def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
             problems.append(_truncated(text, block, index, dict(session.header), source, padded))
             continue
         sessions.append(session)
+    if lost_line is not None:
+        problems.append(
+            BlockProblem(
+                block=len(blocks) + offset,
+                line=lost_line,
+                reason=Reason.TRUNCATED_BLOCK,
+                message=f"{source}: line {lost_line}: the file ends at the start of a new "
+                "session block, so that session is lost; the file is cut off — was the "
+                "MED-PC computer shut down, or is MED-PC still writing the file?",
+            )
+        )
     if not sessions and len(problems) == 1:
         only = problems[0]
         raise MedPCFormatError(
