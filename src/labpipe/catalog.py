@@ -147,6 +147,12 @@ class Catalog:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # SQLite creates a new database 0644 whatever the umask (and its -wal and
+                # -shm files with the database's mode); an empty file made here honours the
+                # umask (0664 under 002, so the lab's group can run ingest too).
+                with open(path, "ab"):
+                    pass
             self.con = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.con.execute("PRAGMA foreign_keys=ON")
             self.con.execute("PRAGMA journal_mode=WAL")
@@ -312,6 +318,7 @@ class Catalog:
             " config_fingerprint = excluded.config_fingerprint, updated = excluded.updated,"
             " run_id = excluded.run_id",
             {
+                "sha256": None,
                 "duplicate_of": None,
                 "reason_code": None,
                 "reason": None,
