@@ -1242,20 +1242,38 @@ def _scale_templates(seed: int, variant: int) -> list[list[tuple[_Sim, bytes]]]:
     for cohort, day0, base, n_acq in _SQUADS:
         squad = [r for r in rats if r.cohort == cohort]
         sims = _simulate_squad(rng, squad, start_day=day0, base=base, n_acq=n_acq, special={})
-        ext_days: dict[date, list[tuple[_Sim, bytes]]] = {}
+        ext_days: dict[date, list[tuple[_Sim, dict[str, float | np.ndarray]]]] = {}
         for s in sims:
-            body = _fast_body(dict(_raw_session(s, dim=None, event_dim=None).variables))
+            variables = dict(_raw_session(s, dim=None, event_dim=None).variables)
             if s.phase == "extinction":
-                ext_days.setdefault(s.start.date(), []).append((s, body))
+                ext_days.setdefault(s.start.date(), []).append((s, variables))
             else:
-                files.append([(s, body)])
+                files.append([(s, _fast_body(variables))])
         for day in sorted(ext_days):
-            blocks = sorted(ext_days[day], key=lambda sb: sb[0].rat.box)
+            blocks = sorted(ext_days[day], key=lambda sv: sv[0].rat.box)
             if rng.random() < _SCALE_MULTIBOX_P:
-                files.append(blocks)
+                # One program wrote every box of the file: its arrays share one DIM.
+                dims: dict[str, int] = {}
+                for _, variables in blocks:
+                    for letter, value in variables.items():
+                        if isinstance(value, np.ndarray):
+                            dims[letter] = max(dims.get(letter, 0), value.size)
+                files.append([(s, _fast_body(_pad_to(v, dims))) for s, v in blocks])
             else:
-                files.extend([b] for b in blocks)
+                files.extend([(s, _fast_body(v))] for s, v in blocks)
     return files
+
+
+def _pad_to(
+    variables: dict[str, float | np.ndarray], dims: dict[str, int]
+) -> dict[str, float | np.ndarray]:
+    """Pad each array with zeros to ``dims[letter]`` slots (MED-PC writes the whole DIM)."""
+    out: dict[str, float | np.ndarray] = {}
+    for letter, value in variables.items():
+        if isinstance(value, np.ndarray) and value.size < dims.get(letter, 0):
+            value = np.concatenate([value, np.zeros(dims[letter] - value.size)])
+        out[letter] = value
+    return out
 
 
 def write_scaled_lab(lab_dir: Path, *, n_files: int, seed: int = 1) -> int:
