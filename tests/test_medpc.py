@@ -319,6 +319,10 @@ def test_non_numeric_value() -> None:
     bad = _BODY.replace("-3.500", "n/a")
     (problem,) = parse_medpc(_file(bad, _BODY)).problems
     assert "'n/a'" in problem.message and "value of B" in problem.message
+    (problem,) = parse_medpc(_file(_BODY.replace("-3.500", "1e999"), _BODY)).problems
+    assert "'1e999'" in problem.message
+    (problem,) = parse_medpc(_file(_BODY.replace("4.000", "nan  "), _BODY)).problems
+    assert "'nan'" in problem.message
 
 
 def test_nul_bytes_inside_a_block() -> None:
