@@ -162,6 +162,25 @@ def _init_worker(cfg: Experiment) -> None:
     _CFG = cfg
 
 
+def _init_pool_worker(cfg: Experiment, parent: int) -> None:
+    """Initialise a pool worker that dies with its run.
+
+    A worker outlives a run killed with SIGKILL (it waits for work forever, holding its
+    memory and the pipes of the run) unless the kernel kills it with its parent: Linux's
+    ``PR_SET_PDEATHSIG``. Elsewhere the worker exits when it next finds its parent gone.
+    """
+    if os.uname().sysname == "Linux":
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the run died before prctl took effect
+        os._exit(1)
+    _init_worker(cfg)
+
+
 def _work(item: tuple[str, str, int, int]) -> _FileOut:
     """Read, hash, parse and map one raw file (runs in a worker process)."""
     path_txt, rel, size, mtime_ns = item
@@ -477,7 +496,7 @@ def _parse_all(
             yield [_work(item) for item in batch]
         return
     with ProcessPoolExecutor(
-        max_workers=n_workers, initializer=_init_worker, initargs=(cfg,)
+        max_workers=n_workers, initializer=_init_pool_worker, initargs=(cfg, os.getpid())
     ) as pool:
         for batch in batches:
             yield list(pool.map(_work, batch, chunksize=max(1, len(batch) // (4 * n_workers))))

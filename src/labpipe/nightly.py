@@ -399,8 +399,6 @@ def _locked_run(
             code = body(run)
         except BaseException as exc:
             code = _exit_code_of(exc)
-            if code == 5:
-                logger.error("internal error", exc_info=True, extra={"event": "run.bug"})
             try:
                 run.finish(code, exc)
             except Exception:  # the disk may be full: the exception in flight matters more
@@ -854,16 +852,16 @@ def verify(cfg: Experiment, *, run_id: str | None = None) -> VerifyReport:
         Nothing has been ingested yet.
     """
     processed = cfg.processed_dir
-    has_data = (processed / "catalog.sqlite").exists() or any(
-        (processed / d).is_dir() and any((processed / d).iterdir()) for d in store.DATASETS
-    )
-    if not has_data:
-        raise DataError(
-            f"{processed} holds no catalog and no dataset: nothing has been ingested yet.",
-            hint="Run `labpipe ingest` first.",
-        )
     report = VerifyReport()
     with locked(processed, command="verify", run_id=run_id):
+        has_data = (processed / "catalog.sqlite").exists() or any(
+            (processed / d).is_dir() and any((processed / d).iterdir()) for d in store.DATASETS
+        )
+        if not has_data:
+            raise DataError(
+                f"{processed} holds no catalog and no dataset: nothing has been ingested yet.",
+                hint="Run `labpipe ingest` first.",
+            )
         cat = _check_catalog(processed / "catalog.sqlite", report)
         try:
             parts = cat.parts() if cat is not None and report.catalog_ok else None
@@ -922,21 +920,45 @@ def _swap_in(processed: Path, new: Path) -> None:
     fsio.crash_point("mid_swap")
     os.rename(new, processed)
     os.rename(old, new)
+    (processed / COMPLETE_NAME).unlink()
     fsio.fsync_dir(processed.parent)
 
 
 def _finish_interrupted_swap(processed: Path) -> None:
-    """Finish a two-rename swap cut between its renames (``processed`` is missing)."""
-    if processed.exists():
-        return
+    """Finish a two-rename swap cut between its renames.
+
+    Then ``data/processed`` is missing, or holds no catalog (only the log folder the
+    command line has just made); the complete new state, or else the old one, is put back.
+    """
     old = processed.parent / OLD_NAME
     new = processed.parent / REBUILD_NAME
-    with contextlib.suppress(FileNotFoundError, OSError):
-        if (new / COMPLETE_NAME).exists():
-            os.rename(new, processed)
-        elif old.exists():
-            os.rename(old, processed)
+    if not old.is_dir() or (processed / "catalog.sqlite").exists():
+        return
+    src = new if (new / COMPLETE_NAME).exists() else old
+    with contextlib.suppress(OSError):
+        if processed.exists():
+            for entry in list(processed.iterdir()):
+                if entry.name in (LOCK_NAME, INFO_NAME):
+                    entry.unlink()
+                else:
+                    _merge_into(entry, src / entry.name)
+            processed.rmdir()
+        os.rename(src, processed)
+        (processed / COMPLETE_NAME).unlink(missing_ok=True)
         fsio.fsync_dir(processed.parent)
+        logger.info("finished an interrupted swap", extra={"event": "recover.swap"})
+
+
+def _merge_into(src: Path, dest: Path) -> None:
+    """Move ``src`` to ``dest``, merging folders; a clashing file keeps both copies."""
+    if not dest.exists():
+        os.rename(src, dest)
+    elif src.is_dir() and dest.is_dir():
+        for child in list(src.iterdir()):
+            _merge_into(child, dest / child.name)
+        src.rmdir()
+    else:
+        os.rename(src, dest.with_name(f"post-crash-{dest.name}"))
 
 
 def _move_logs(src_root: Path, processed: Path) -> None:
@@ -959,6 +981,7 @@ def _move_logs(src_root: Path, processed: Path) -> None:
 def _cleanup_rebuild_leftovers(processed: Path) -> list[str]:
     """Under the lock: remove the state a finished or killed rebuild left beside us."""
     done: list[str] = []
+    (processed / COMPLETE_NAME).unlink(missing_ok=True)
     for name in (REBUILD_NAME, OLD_NAME):
         folder = processed.parent / name
         if folder.is_dir():
