@@ -351,6 +351,8 @@ def _print_set_aside(items: Sequence[ingest_mod.SetAsideItem]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line and exit with labpipe's exit codes."""
     _STATE["run_id"] = uuid.uuid4().hex[:12]
+    # A log that cannot be written (disk full) must not print tracebacks on stderr.
+    logging.raiseExceptions = False
     logs.configure(None, run_id=_STATE["run_id"])
     try:
         code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)

@@ -672,6 +672,10 @@ def _commit_batch(
         cat.put_sessions(con, session_rows)
         cat.put_set_aside(con, aside_rows)
         cat.put_duplicates(con, dup_rows)
+        if session_rows:
+            # sessions.parquet is stale from this commit until it is rewritten: a run that
+            # dies (or meets a full disk) in between leaves the next run a reason to redo it.
+            cat.set_meta(con, "sessions_built_with", "")
         crash_point("in_txn")
     crash_point("after_commit")
     if parts:

@@ -401,8 +401,9 @@ def _locked_run(
             code = _exit_code_of(exc)
             try:
                 run.finish(code, exc)
-            except Exception:  # the disk may be full: the exception in flight matters more
-                logger.warning("status.json not written", exc_info=True)
+            except Exception as again:  # the disk may be full: the first error matters more
+                logger.warning("status.json not written either: %s", again)
+                logger.debug("status.json not written", exc_info=True)
             raise
         path = run.finish(code)
     return code, path
