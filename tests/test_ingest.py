@@ -292,3 +292,22 @@ def test_parallel_ingest_gives_byte_identical_outputs(tmp_path):
         labs.append(lab)
     a, b = ({k: v[1] for k, v in lab.outputs().items()} for lab in labs)
     assert a == b
+
+
+def test_an_unknown_subject_names_the_likely_animal_and_the_fix(lab):
+    # "R2O" is in no roster; R2 is the closest animal the roster has.
+    lab.add("typo", [session("R2O", box=2, left=[1])])
+    (item,) = run(lab).still_set_aside
+    assert item.reason_code == "UNKNOWN_SUBJECT"
+    assert "Did you mean R2?" in item.reason
+    assert item.reason.startswith("line ")
+    assert "typo" not in item.reason  # the file is named beside the reason, not in it
+    assert "corrections.csv" in item.reason and item.session_id in item.reason
+
+
+def test_a_letter_for_digit_slip_is_suggested_first():
+    from labpipe.sessions import suggest_subjects
+
+    assert suggest_subjects("R1O", ["R10", "R18", "R19", "R21"]) == ["R10"]
+    assert suggest_subjects("rl2", ["R12", "R21"]) == ["R12"]
+    assert suggest_subjects("R9", ["R10", "R18"]) == []

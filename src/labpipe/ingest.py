@@ -209,7 +209,7 @@ def _work(item: tuple[str, str, int, int]) -> _FileOut:
     try:
         parsed = medpc.parse_medpc(data, source=rel, limits=limits)
     except MedPCFormatError as exc:
-        out.error = (exc.reason_code, exc.message if not exc.hint else f"{exc.message} {exc.hint}")
+        out.error = (exc.reason_code, _without_source(str(exc), rel))
         return out
     for problem in parsed.problems:
         out.problems.append(
@@ -217,7 +217,7 @@ def _work(item: tuple[str, str, int, int]) -> _FileOut:
                 file=rel,
                 block=problem.block,
                 reason_code=problem.reason,
-                reason=f"{rel}, line {problem.line}: {problem.message}",
+                reason=_without_source(problem.message, rel),
                 subject_raw=problem.header.get("Subject"),
             )
         )
@@ -228,12 +228,18 @@ def _work(item: tuple[str, str, int, int]) -> _FileOut:
         try:
             mapped = sessions.map_session(raw, cfg, source_file=rel, identity=ident)
         except SessionError as exc:
-            error = (exc.reason_code, f"{rel}, line {raw.line}: {exc}")
+            error = (exc.reason_code, f"line {raw.line}: {exc}")
         names, index, values = _flatten(raw.variables)
         out.sessions.append(
             _SessionOut(raw.block, ident, raw.subject.strip(), mapped, error, names, index, values)
         )
     return out
+
+
+def _without_source(message: str, rel: str) -> str:
+    """Drop a leading ``<file>: `` from a message stored beside its file's name."""
+    prefix = f"{rel}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _flatten(variables: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -702,7 +708,7 @@ def _decide(
             return "duplicate", same.source_path
         return (
             Reason.CONFLICT,
-            f"{rel}: the session of subject '{s.subject_raw}' in box {ident.slot.split('|')[0]} "
+            f"the session of subject '{s.subject_raw}' in box {ident.slot.split('|')[0]} "
             f"started {ident.slot.split('|', 1)[1].replace('|', ' ')} is already stored from "
             f"{same.source_path} with different data. labpipe never overwrites a stored "
             "session: if the new file is the right one, remove the old file from data/raw "
@@ -717,7 +723,7 @@ def _decide(
                 return "duplicate", other.source_path
             return (
                 Reason.RELABEL,
-                f"{rel}: this session has the same box, start and data as session "
+                f"this session has the same box, start and data as session "
                 f"{other.session_id} of subject '{other.subject}' (from {other.source_path}); "
                 f"only the Subject differs ('{s.subject_raw}'). If '{s.mapped.record['subject']}'"
                 f" is right, add the line '{other.session_id},{s.mapped.record['subject']},"
@@ -725,7 +731,7 @@ def _decide(
             )
         return (
             Reason.BOX_CLASH,
-            f"{rel}: box {ident.slot.split('|')[0]} already has another session starting at "
+            f"box {ident.slot.split('|')[0]} already has another session starting at "
             f"the same second (session {other.session_id}, subject '{other.subject}', from "
             f"{other.source_path}). One box cannot run two sessions at once: is one of the "
             "files from another chamber computer?",

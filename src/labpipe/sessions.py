@@ -242,6 +242,23 @@ def session_times(raw: RawSession, tz: ZoneInfo) -> tuple[datetime, datetime, fl
     return start, end, duration_min, start.utcoffset() != end.utcoffset()
 
 
+def suggest_subjects(typed: str, known: list[str]) -> list[str]:
+    """Return roster subjects the tech probably meant by ``typed``.
+
+    Chamber keyboards produce letter-for-digit slips (``R1O`` for ``R10``, ``Rl2`` for
+    ``R12``), case and spacing slips; those are tried first, then close spellings.
+    """
+
+    def canon(text: str) -> str:
+        text = "".join(text.upper().split())
+        return text.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+
+    slips = [k for k in known if canon(k) == canon(typed)]
+    if slips:
+        return slips
+    return difflib.get_close_matches(typed, known, n=3, cutoff=0.6)
+
+
 def describe(raw: RawSession) -> str:
     """Name a session for messages: ``subject 'R1', box 3, started 03/02/26 09:01:00``."""
     h = raw.header
@@ -288,7 +305,7 @@ def map_session(
         return _map(raw, cfg, source_file=source_file, ident=ident)
     except SessionError as exc:
         raise SessionError(
-            f"Session of {where}: {exc.message}", reason_code=exc.reason_code, hint=exc.hint
+            f"session of {where}: {exc.message}", reason_code=exc.reason_code, hint=exc.hint
         ) from None
 
 
@@ -297,11 +314,10 @@ def _map(raw: RawSession, cfg: Experiment, *, source_file: str, ident: Identity)
     subject = cfg.corrections.get(ident.session_id)
     animal = cfg.find_subject(subject if subject is not None else subject_raw)
     if animal is None:
-        known = sorted(cfg.roster)
-        close = difflib.get_close_matches(subject_raw, known, n=3, cutoff=0.5)
+        close = suggest_subjects(subject_raw, sorted(cfg.roster))
         suggestion = f" Did you mean {' or '.join(close)}?" if close else ""
         raise SessionError(
-            f"subject '{subject_raw}' is not in the roster.{suggestion}",
+            f"the subject is not in the roster.{suggestion}",
             reason_code=Reason.UNKNOWN_SUBJECT,
             hint=(
                 "Add the animal to configs/roster.csv, or map this session to the right "
