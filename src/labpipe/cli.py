@@ -134,14 +134,28 @@ def inspect(file: Path, as_json: bool) -> int:
     show_default=True,
     help="Leave files modified in the last S seconds pending (still being written).",
 )
-def ingest(config_path: Path, workers: int | None, settle_seconds: float) -> int:
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Parse on a Dask distributed cluster: a tls:// address, or a local one "
+    "(tcp://127.0.0.1:PORT). Needs labpipe[distributed]; see docs/scale.md.",
+)
+def ingest(
+    config_path: Path, workers: int | None, settle_seconds: float, scheduler: str | None
+) -> int:
     """Take every new raw file into data/processed (catalog and parquet datasets)."""
     from labpipe import nightly as nightly_mod
 
+    if scheduler is not None:
+        from labpipe.distributed import check_address
+
+        scheduler = check_address(scheduler)
     cfg = _load(config_path)
     summary = nightly_mod.locked_ingest(
         cfg,
         workers=workers,
+        scheduler=scheduler,
         settle_seconds=settle_seconds,
         progress=_progress_bar("Ingesting"),
         run_id=_STATE["run_id"],

@@ -39,18 +39,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labpipe import medpc, sessions, store
+from labpipe import medpc, sessions, store, worker
 from labpipe.catalog import Catalog, StoredSession
 from labpipe.config import Experiment
-from labpipe.errors import MedPCFormatError, SessionError
 from labpipe.fsio import crash_point, environment_failure, is_environment_error
 from labpipe.model import Reason
 
 #: Version of the raw reader as far as stored data are concerned.
 PARSER_VERSION = getattr(medpc, "PARSER_VERSION", "1")
 
-#: Files committed per catalog transaction (and per parquet part).
+#: Files committed per catalog transaction (and per parquet part) in a small run; see
+#: :func:`chunk_files` for large ones.
 BATCH_FILES = 256
+
+#: Most files in one chunk (a large first ingest).
+MAX_CHUNK_FILES = 4096
 
 #: Below this many files a run parses in-process (starting workers costs more).
 _POOL_MIN_FILES = 64
@@ -129,37 +132,14 @@ class IngestSummary:
 
 # ---- worker side -----------------------------------------------------------------------
 
-
-@dataclass(slots=True)
-class _SessionOut:
-    block: int
-    identity: sessions.Identity
-    subject_raw: str
-    mapped: sessions.MappedSession | None
-    error: tuple[str, str] | None
-    var_names: np.ndarray
-    var_index: np.ndarray
-    var_values: np.ndarray
-
-
-@dataclass(slots=True)
-class _FileOut:
-    rel: str
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-    error: tuple[str, str] | None = None
-    unstable: bool = False
-    sessions: list[_SessionOut] = field(default_factory=list)
-    problems: list[SetAsideItem] = field(default_factory=list)
-
-
 _CFG: Experiment | None = None
+_PROCESSED: str = ""
 
 
 def _init_worker(cfg: Experiment) -> None:
-    global _CFG
+    global _CFG, _PROCESSED
     _CFG = cfg
+    _PROCESSED = str(cfg.processed_dir)
 
 
 def _init_pool_worker(cfg: Experiment, parent: int) -> None:
@@ -181,83 +161,10 @@ def _init_pool_worker(cfg: Experiment, parent: int) -> None:
     _init_worker(cfg)
 
 
-def _work(item: tuple[str, str, int, int]) -> _FileOut:
-    """Read, hash, parse and map one raw file (runs in a worker process)."""
-    path_txt, rel, size, mtime_ns = item
+def _work_chunk(items: list[tuple[str, str, int, int]]) -> worker.ChunkResult:
+    """Read, parse, map and stage one chunk of raw files (runs in a worker process)."""
     assert _CFG is not None, "worker not initialised"
-    cfg = _CFG
-    out = _FileOut(rel=rel, size=size, mtime_ns=mtime_ns)
-    path = Path(path_txt)
-    limits = medpc.DEFAULT_LIMITS
-    if size > limits.max_file_bytes:
-        out.error = (
-            Reason.TOO_LARGE,
-            f"{rel} is {size / 2**20:.0f} MiB; no MED-PC data file is larger than "
-            f"{limits.max_file_bytes / 2**20:.0f} MiB, so it is not read.",
-        )
-        return out
-    # Opened read-only; the bytes are hashed and parsed from one read.
-    with open(path, "rb") as fh:
-        data = fh.read(limits.max_file_bytes + 1)
-        after = os.fstat(fh.fileno())
-    if after.st_size != size or after.st_mtime_ns != mtime_ns:
-        out.unstable = True
-        return out
-    import hashlib
-
-    out.sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        parsed = medpc.parse_medpc(data, source=rel, limits=limits)
-    except MedPCFormatError as exc:
-        out.error = (exc.reason_code, _without_source(str(exc), rel))
-        return out
-    for problem in parsed.problems:
-        out.problems.append(
-            SetAsideItem(
-                file=rel,
-                block=problem.block,
-                reason_code=problem.reason,
-                reason=_without_source(problem.message, rel),
-                subject_raw=problem.header.get("Subject"),
-            )
-        )
-    for raw in parsed.sessions:
-        ident = sessions.identify(raw)
-        mapped: sessions.MappedSession | None = None
-        error: tuple[str, str] | None = None
-        try:
-            mapped = sessions.map_session(raw, cfg, source_file=rel, identity=ident)
-        except SessionError as exc:
-            error = (exc.reason_code, f"line {raw.line}: {exc}")
-        names, index, values = _flatten(raw.variables)
-        out.sessions.append(
-            _SessionOut(raw.block, ident, raw.subject.strip(), mapped, error, names, index, values)
-        )
-    return out
-
-
-def _without_source(message: str, rel: str) -> str:
-    """Drop a leading ``<file>: `` from a message stored beside its file's name."""
-    prefix = f"{rel}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def _flatten(variables: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    names: list[np.ndarray] = []
-    index: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for letter, value in variables.items():
-        if isinstance(value, np.ndarray):
-            names.append(np.full(value.size, letter, dtype=object))
-            index.append(np.arange(value.size, dtype=np.int64))
-            values.append(value.astype(np.float64, copy=False))
-        else:
-            names.append(np.array([letter], dtype=object))
-            index.append(np.array([-1], dtype=np.int64))
-            values.append(np.array([value], dtype=np.float64))
-    if not names:
-        return np.empty(0, object), np.empty(0, np.int64), np.empty(0, np.float64)
-    return np.concatenate(names), np.concatenate(index), np.concatenate(values)
+    return worker.process_chunk(_CFG, _PROCESSED, items)
 
 
 # ---- main side -------------------------------------------------------------------------
@@ -298,6 +205,7 @@ def ingest(
     progress: Progress | None = None,
     run_id: str | None = None,
     command: str = "ingest",
+    scheduler: str | None = None,
 ) -> IngestSummary:
     """Take every new raw file of the lab folder into the catalog and datasets.
 
@@ -315,6 +223,9 @@ def ingest(
         Id of the run (generated when omitted).
     command
         Name of the command, recorded in the catalog's run table.
+    scheduler
+        Address of a Dask distributed scheduler (``tls://...`` or a local address) to
+        parse on instead of local worker processes; see :mod:`labpipe.distributed`.
 
     Returns
     -------
@@ -335,7 +246,15 @@ def ingest(
     with Catalog(processed / "catalog.sqlite") as cat:
         cat.start_run(summary.run_id, command)
         try:
-            _run(cfg, cat, summary, workers=workers, settle=settle_seconds, progress=progress)
+            _run(
+                cfg,
+                cat,
+                summary,
+                workers=workers,
+                settle=settle_seconds,
+                progress=progress,
+                scheduler=scheduler,
+            )
         except OSError as exc:
             if is_environment_error(exc):
                 raise environment_failure(exc, processed) from exc
@@ -377,6 +296,7 @@ def _run(
     workers: int | None,
     settle: float,
     progress: Progress | None,
+    scheduler: str | None = None,
 ) -> None:
     processed = cfg.processed_dir
     rolled, removed = store.recover(processed, cat.parts())
@@ -437,9 +357,9 @@ def _run(
     done = 0
     if progress is not None:
         progress(0, len(todo))
-    for batch_results in _parse_all(cfg, todo, workers):
-        _commit_batch(cfg, cat, batch_results, summary)
-        done += len(batch_results)
+    for chunk in _parse_all(cfg, todo, workers, scheduler):
+        _commit_batch(cfg, cat, chunk, summary, known)
+        done += len(chunk.files)
         if progress is not None:
             progress(done, len(todo))
 
@@ -491,38 +411,116 @@ def _forget_parts(cat: Catalog, names: Sequence[str]) -> None:
                 con.execute("DELETE FROM parts WHERE name = ?", (f"{dataset}/{stem}",))
 
 
+def chunk_files(n_todo: int) -> int:
+    """Return how many files go into one chunk (one worker task, one commit, one part).
+
+    Depends on the number of files to do only, never on the number of workers, so that
+    parts (named after their sessions) are byte-identical whatever ``--workers`` is. Small
+    runs keep 256-file chunks; a large first ingest uses up to 4096 files a chunk (at
+    least about 16 chunks, so that two workers stay busy), which keeps the number of
+    fsyncs and transactions (a few per chunk) small.
+    """
+    return max(BATCH_FILES, min(MAX_CHUNK_FILES, -(-n_todo // 16)))
+
+
 def _parse_all(
-    cfg: Experiment, todo: list[tuple[str, str, int, int]], workers: int | None
-) -> Iterator[list[_FileOut]]:
-    batches = [todo[i : i + BATCH_FILES] for i in range(0, len(todo), BATCH_FILES)]
+    cfg: Experiment,
+    todo: list[tuple[str, str, int, int]],
+    workers: int | None,
+    scheduler: str | None = None,
+) -> Iterator[worker.ChunkResult]:
+    size = chunk_files(len(todo))
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    if scheduler is not None:
+        # Imported here: labpipe.distributed (and the distributed package) is optional.
+        from labpipe import distributed
+
+        yield from distributed.process_chunks(scheduler, cfg, chunks)
+        return
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers <= 1 or len(todo) < _POOL_MIN_FILES:
         _init_worker(cfg)
-        for batch in batches:
-            yield [_work(item) for item in batch]
+        for chunk in chunks:
+            yield _work_chunk(chunk)
         return
+    # Smaller tasks than chunks would not help: a chunk's parts are staged by one worker.
     with ProcessPoolExecutor(
         max_workers=n_workers, initializer=_init_pool_worker, initargs=(cfg, os.getpid())
     ) as pool:
-        for batch in batches:
-            yield list(pool.map(_work, batch, chunksize=max(1, len(batch) // (4 * n_workers))))
+        yield from pool.map(_work_chunk, chunks)
+
+
+def _sha_owners(cat: Catalog, shas: Sequence[str]) -> dict[str, list[str]]:
+    """Return sha256 -> paths already ingested with that content (sorted), for a chunk.
+
+    One query for the chunk instead of one a file (as :meth:`Catalog.sha_owner`, whose
+    condition it repeats); the catalog is not written while a chunk is decided.
+    """
+    out: dict[str, list[str]] = {}
+    keys = sorted(set(shas))
+    for i in range(0, len(keys), 500):
+        part = keys[i : i + 500]
+        marks = ",".join("?" * len(part))
+        rows = cat.con.execute(
+            f"SELECT sha256, path FROM files WHERE sha256 IN ({marks})"  # noqa: S608
+            " AND status IN ('ingested', 'partial') ORDER BY path",
+            part,
+        )
+        for sha, path in rows:
+            out.setdefault(sha, []).append(path)
+    return out
+
+
+def _put_new_files(con: Any, rows: list[dict[str, Any]], run_id: str) -> None:
+    """Insert the rows of files the catalog has never seen, in one statement.
+
+    The batched form of :meth:`Catalog.put_file` for new paths (which have no set-aside or
+    duplicate rows to clear); the columns and defaults are those of ``put_file``.
+    """
+    from labpipe.catalog import now_iso
+
+    now = now_iso()
+    defaults = {
+        "sha256": None,
+        "duplicate_of": None,
+        "reason_code": None,
+        "reason": None,
+        "n_sessions": 0,
+        "parser_version": None,
+        "config_fingerprint": None,
+    }
+    con.executemany(
+        "INSERT INTO files (path, size, mtime_ns, sha256, status, reason_code, reason,"
+        " duplicate_of, n_sessions, parser_version, config_fingerprint, first_seen,"
+        " updated, run_id)"
+        " VALUES (:path, :size, :mtime_ns, :sha256, :status, :reason_code, :reason,"
+        " :duplicate_of, :n_sessions, :parser_version, :config_fingerprint, :now, :now,"
+        " :run_id)",
+        [{**defaults, **row, "now": now, "run_id": run_id} for row in rows],
+    )
 
 
 def _commit_batch(
-    cfg: Experiment, cat: Catalog, results: list[_FileOut], summary: IngestSummary
+    cfg: Experiment,
+    cat: Catalog,
+    chunk: worker.ChunkResult,
+    summary: IngestSummary,
+    known: Any = None,
 ) -> None:
-    """Decide every session of a batch, stage its parts, commit, publish."""
+    """Decide every session of a chunk, finish its staged parts, commit, publish."""
     processed = cfg.processed_dir
-    identities = [s.identity.key for r in results for s in r.sessions]
-    slots = [s.identity.slot for r in results for s in r.sessions]
+    results = chunk.files
+    identities = [s.key for r in results for s in r.sessions]
+    slots = [s.slot for r in results for s in r.sessions]
     stored = cat.by_identity(identities)
     by_slot = cat.by_slot(slots)
+    owners = _sha_owners(cat, [r.sha256 for r in results if r.sha256 and r.error is None])
 
     file_rows: list[dict[str, Any]] = []
     session_rows: list[dict[str, Any]] = []
     aside_rows: list[dict[str, Any]] = []
     dup_rows: list[dict[str, Any]] = []
-    new_sessions: list[_SessionOut] = []
+    new_ids: list[str] = []
 
     for res in results:
         summary.files_read += 1
@@ -546,7 +544,7 @@ def _commit_batch(
             )
             aside_rows.append(_aside_row(item))
             continue
-        owner = cat.sha_owner(res.sha256 or "", not_path=res.rel)
+        owner = next((p for p in owners.get(res.sha256 or "", ()) if p != res.rel), None)
         if owner is not None:
             summary.duplicates.append((res.rel, owner))
             file_rows.append(
@@ -561,38 +559,33 @@ def _commit_batch(
             continue
         n_new = n_dup = n_already = 0
         dup_of: set[str] = set()
-        file_aside: list[SetAsideItem] = list(res.problems)
+        file_aside: list[SetAsideItem] = [
+            SetAsideItem(
+                file=res.rel, block=block, reason_code=code, reason=message, subject_raw=subj
+            )
+            for block, code, message, subj in res.problems
+        ]
         for s in res.sessions:
             verdict, detail = _decide(s, res.rel, stored, by_slot)
             if verdict == "store":
-                assert s.mapped is not None
+                assert s.subject is not None and s.record is not None
                 n_new += 1
-                new_sessions.append(s)
+                new_ids.append(s.session_id)
                 entry = StoredSession(
-                    s.identity.session_id,
-                    s.identity.key,
-                    s.identity.slot,
-                    s.identity.fingerprint,
-                    res.rel,
-                    s.block,
-                    s.mapped.record["subject"],
+                    s.session_id, s.key, s.slot, s.fingerprint, res.rel, s.block, s.subject
                 )
-                stored[s.identity.key] = entry
-                by_slot.setdefault(s.identity.slot, []).append(entry)
+                stored[s.key] = entry
+                by_slot.setdefault(s.slot, []).append(entry)
                 session_rows.append(_session_row(s, res.rel, summary.run_id))
             elif verdict == "already":
                 n_already += 1
             elif verdict == "duplicate":
                 n_dup += 1
                 dup_of.add(detail)
-                dup_rows.append(
-                    {"path": res.rel, "block": s.block, "session_id": s.identity.session_id}
-                )
+                dup_rows.append({"path": res.rel, "block": s.block, "session_id": s.session_id})
             else:
                 file_aside.append(
-                    SetAsideItem(
-                        res.rel, s.block, verdict, detail, s.identity.session_id, s.subject_raw
-                    )
+                    SetAsideItem(res.rel, s.block, verdict, detail, s.session_id, s.subject_raw)
                 )
         summary.set_aside.extend(file_aside)
         aside_rows.extend(_aside_row(i) for i in file_aside)
@@ -641,39 +634,19 @@ def _commit_batch(
                 summary.ingested.append(res.rel)
             file_rows.append({**common, "status": "ingested", "n_sessions": n_sessions})
 
-    parts: list[dict[str, Any]] = []
-    if new_sessions:
-        ids = [s.identity.session_id for s in new_sessions]
-        ev_name = store.part_name("events", ids)
-        var_name = store.part_name("variables", ids)
-        ev = _events_columns(new_sessions)
-        var = _variables_columns(new_sessions)
-        ev_sha = store.stage_part(processed, ev_name, store.events_table(*ev))
-        crash_point("mid_stage")
-        var_sha = store.stage_part(processed, var_name, store.variables_table(*var))
-        parts = [
-            {
-                "name": ev_name,
-                "dataset": "events",
-                "sha256": ev_sha,
-                "n_rows": int(ev[0].size),
-                "run_id": summary.run_id,
-            },
-            {
-                "name": var_name,
-                "dataset": "variables",
-                "sha256": var_sha,
-                "n_rows": int(var[0].size),
-                "run_id": summary.run_id,
-            },
-        ]
+    parts = _finish_parts(processed, chunk, sorted(new_ids), summary.run_id)
+    if parts:
         for row in session_rows:
-            row["part"] = ev_name
+            row["part"] = parts[0]["name"]
 
     crash_point("after_stage")
     with cat.transaction() as con:
+        new_rows = [r for r in file_rows if known is not None and r["path"] not in known]
+        if new_rows:
+            _put_new_files(con, new_rows, summary.run_id)
         for row in file_rows:
-            cat.put_file(con, row, summary.run_id)
+            if known is None or row["path"] in known:
+                cat.put_file(con, row, summary.run_id)
         cat.put_parts(con, parts)
         cat.put_sessions(con, session_rows)
         cat.put_set_aside(con, aside_rows)
@@ -689,49 +662,85 @@ def _commit_batch(
             store.publish_part(processed, p["name"])
         crash_point("after_publish")
         cat.mark_published([p["name"] for p in parts])
-    summary.sessions_added += len(new_sessions)
+    summary.sessions_added += len(new_ids)
+
+
+def _finish_parts(
+    processed: Path, chunk: worker.ChunkResult, keep: list[str], run_id: str
+) -> list[dict[str, Any]]:
+    """Return the catalog rows of the chunk's parts, holding exactly the ``keep`` sessions.
+
+    The worker staged the chunk's candidate sessions; when every candidate is kept (the
+    usual case) those parts are used as they are, otherwise a filtered copy is staged
+    here (and the worker's staged parts are removed).
+    """
+    staged = [chunk.parts[d] for d in store.DATASETS if d in chunk.parts]
+    if keep and keep == chunk.candidates:
+        crash_point("mid_stage")
+        return [
+            {
+                "name": p.name,
+                "dataset": ds,
+                "sha256": p.sha256,
+                "n_rows": p.n_rows,
+                "run_id": run_id,
+            }
+            for ds, p in zip(store.DATASETS, staged, strict=True)
+        ]
+    if not keep:
+        store.discard_staged(processed, [p.name for p in staged])
+        return []
+    rows = []
+    for i, (ds, p) in enumerate(zip(store.DATASETS, staged, strict=True)):
+        name = store.part_name(ds, keep)
+        sha, n_rows = store.restage_part(processed, p.name, keep, name)
+        if i == 0:
+            crash_point("mid_stage")
+        rows.append(
+            {"name": name, "dataset": ds, "sha256": sha, "n_rows": n_rows, "run_id": run_id}
+        )
+    return rows
 
 
 def _decide(
-    s: _SessionOut,
+    s: worker.SessionResult,
     rel: str,
     stored: dict[str, StoredSession],
     by_slot: dict[str, list[StoredSession]],
 ) -> tuple[str, str]:
     """Return ("store" | "already" | "duplicate" | a reason code, detail)."""
-    ident = s.identity
-    same = stored.get(ident.key)
+    same = stored.get(s.key)
     if same is not None:
-        if same.fingerprint == ident.fingerprint:
+        if same.fingerprint == s.fingerprint:
             if same.source_path == rel and same.source_block == s.block:
                 return "already", ""
             return "duplicate", same.source_path
         return (
             Reason.CONFLICT,
-            f"the session of subject '{s.subject_raw}' in box {ident.slot.split('|')[0]} "
-            f"started {ident.slot.split('|', 1)[1].replace('|', ' ')} is already stored from "
+            f"the session of subject '{s.subject_raw}' in box {s.slot.split('|')[0]} "
+            f"started {s.slot.split('|', 1)[1].replace('|', ' ')} is already stored from "
             f"{same.source_path} with different data. labpipe never overwrites a stored "
             "session: if the new file is the right one, remove the old file from data/raw "
             "and run `labpipe rebuild`.",
         )
     if s.error is not None:
         return s.error
-    assert s.mapped is not None
-    for other in by_slot.get(ident.slot, []):
-        if other.fingerprint == ident.fingerprint:
-            if other.subject == s.mapped.record["subject"]:
+    assert s.subject is not None
+    for other in by_slot.get(s.slot, []):
+        if other.fingerprint == s.fingerprint:
+            if other.subject == s.subject:
                 return "duplicate", other.source_path
             return (
                 Reason.RELABEL,
                 f"this session has the same box, start and data as session "
                 f"{other.session_id} of subject '{other.subject}' (from {other.source_path}); "
-                f"only the Subject differs ('{s.subject_raw}'). If '{s.mapped.record['subject']}'"
-                f" is right, add the line '{other.session_id},{s.mapped.record['subject']},"
+                f"only the Subject differs ('{s.subject_raw}'). If '{s.subject}'"
+                f" is right, add the line '{other.session_id},{s.subject},"
                 "<why>' to configs/corrections.csv and run ingest again.",
             )
         return (
             Reason.BOX_CLASH,
-            f"box {ident.slot.split('|')[0]} already has another session starting at "
+            f"box {s.slot.split('|')[0]} already has another session starting at "
             f"the same second (session {other.session_id}, subject '{other.subject}', from "
             f"{other.source_path}). One box cannot run two sessions at once: is one of the "
             "files from another chamber computer?",
@@ -750,49 +759,19 @@ def _aside_row(item: SetAsideItem) -> dict[str, Any]:
     }
 
 
-def _session_row(s: _SessionOut, rel: str, run_id: str) -> dict[str, Any]:
-    import json
-
-    assert s.mapped is not None
+def _session_row(s: worker.SessionResult, rel: str, run_id: str) -> dict[str, Any]:
     return {
-        "session_id": s.identity.session_id,
-        "identity": s.identity.key,
-        "slot": s.identity.slot,
-        "fingerprint": s.identity.fingerprint,
+        "session_id": s.session_id,
+        "identity": s.key,
+        "slot": s.slot,
+        "fingerprint": s.fingerprint,
         "source_path": rel,
         "source_block": s.block,
-        "subject": s.mapped.record["subject"],
-        "record": json.dumps(s.mapped.record, sort_keys=True),
+        "subject": s.subject,
+        "record": s.record,
         "part": "",
         "run_id": run_id,
     }
-
-
-def _events_columns(new: list[_SessionOut]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ordered = sorted(new, key=lambda s: s.identity.session_id)
-    ids = [
-        np.full(s.mapped.event_t.size, s.identity.session_id, dtype=object)
-        for s in ordered
-        if s.mapped is not None
-    ]
-    ts = [s.mapped.event_t for s in ordered if s.mapped is not None]
-    names = [s.mapped.event_name for s in ordered if s.mapped is not None]
-    if not ts:
-        return np.empty(0, object), np.empty(0, np.float64), np.empty(0, object)
-    return np.concatenate(ids), np.concatenate(ts), np.concatenate(names)
-
-
-def _variables_columns(
-    new: list[_SessionOut],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ordered = sorted(new, key=lambda s: s.identity.session_id)
-    ids = [np.full(s.var_names.size, s.identity.session_id, dtype=object) for s in ordered]
-    return (
-        np.concatenate(ids),
-        np.concatenate([s.var_names for s in ordered]),
-        np.concatenate([s.var_index for s in ordered]),
-        np.concatenate([s.var_values for s in ordered]),
-    )
 
 
 def sessions_frame(records: list[dict[str, Any]], cfg: Experiment) -> pd.DataFrame:

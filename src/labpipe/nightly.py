@@ -688,8 +688,11 @@ def locked_ingest(
     settle_seconds: float = 0.0,
     progress: ingest_mod.Progress | None = None,
     run_id: str | None = None,
+    scheduler: str | None = None,
 ) -> ingest_mod.IngestSummary:
     """``labpipe ingest`` under the run lock, with the status file.
+
+    ``scheduler`` is a Dask scheduler address to parse on (see :mod:`labpipe.distributed`).
 
     Raises
     ------
@@ -706,6 +709,7 @@ def locked_ingest(
             progress=progress,
             run_id=run.run_id,
             command="ingest",
+            scheduler=scheduler,
         )
         result["summary"] = summary
         _set_summary(run.status, summary)

@@ -21,6 +21,7 @@ sha256 is in the catalog, which catches damage the page checksums do not cover (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labpipe.errors import DataError
@@ -160,6 +162,51 @@ def stage_part(processed: Path, name: str, table: pa.Table) -> str:
     dest = processed / STAGING / name
     _write_parquet(table, dest)
     return file_sha256(dest)
+
+
+def restage_part(
+    processed: Path, name: str, session_ids: Sequence[str], new_name: str
+) -> tuple[str, int]:
+    """Stage a copy of a staged part that keeps only some sessions' rows.
+
+    A worker stages every session of its chunk that mapped cleanly; when the committing
+    process keeps fewer (duplicates, conflicts), it stages the rows it keeps under their
+    own name. The rows keep their order, so the copy is byte-identical to a part built
+    from those sessions directly. The original staged part is removed.
+
+    Parameters
+    ----------
+    processed
+        ``data/processed``.
+    name
+        The staged part, e.g. ``events/part-<h>.parquet``.
+    session_ids
+        The sessions to keep.
+    new_name
+        The copy's name.
+
+    Returns
+    -------
+    tuple of (str, int)
+        The copy's sha256 and number of rows.
+    """
+    source = processed / STAGING / name
+    dataset = name.split("/", 1)[0]
+    schema = EVENTS_SCHEMA if dataset == "events" else VARIABLES_SCHEMA
+    table = pq.read_table(source, page_checksum_verification=True, schema=schema)
+    keep = pc.is_in(table["session_id"], value_set=pa.array(list(session_ids), pa.string()))
+    table = table.filter(keep).combine_chunks().replace_schema_metadata(_metadata(dataset))
+    sha = stage_part(processed, new_name, table)
+    if new_name != name:
+        discard_staged(processed, [name])
+    return sha, table.num_rows
+
+
+def discard_staged(processed: Path, names: Iterable[str]) -> None:
+    """Remove staged parts that will not be committed (a missing one is fine)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(processed / STAGING / name)
 
 
 def publish_part(processed: Path, name: str) -> None:
