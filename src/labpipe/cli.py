@@ -182,10 +182,13 @@ def status(config_path: Path) -> int:
 @config_option
 def report(config_path: Path) -> int:
     """Compute measures, criteria and statistics; write figures, tables and index.html."""
+    from labpipe import nightly as nightly_mod
     from labpipe import pipeline
 
     cfg = _load(config_path)
-    written = pipeline.build_report(cfg)
+    # The run lock keeps a report from reading a lab folder that a rebuild is swapping.
+    with nightly_mod.locked(cfg.processed_dir, command="report", run_id=_STATE["run_id"]):
+        written = pipeline.build_report(cfg)
     index = cfg.reports_dir / "index.html"
     click.echo(f"Wrote {len(written)} files to {cfg.reports_dir}.")
     click.echo(f"Report: {index}")
