@@ -6,8 +6,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
+from click.testing import CliRunner
 
+from labpipe.cli import main
 from labpipe.medpc import format_medpc
 from labpipe.model import RawSession
 
@@ -195,3 +198,15 @@ def event_session(
     if counts:
         variables = {"A": 0.0, "B": 0.0, **variables}
     return RawSession(header=header, variables=variables)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _entry(args: tuple[str, ...]) -> None:
+    main(list(args))
+
+
+def invoke(args: list[str]) -> tuple[int, str, str]:
+    """Run labpipe's real entry point in-process (exit codes come from main())."""
+    result = CliRunner().invoke(_entry, args, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr

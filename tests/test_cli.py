@@ -7,27 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
-from click.testing import CliRunner
 
-from labpipe.cli import cli, main
+from labpipe.cli import cli
 
-from labfolder import make_lab, session
+from labfolder import invoke, make_lab, session
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "medpc"
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _entry(args: tuple[str, ...]) -> None:
-    main(list(args))
-
-
-def invoke(args: list[str]) -> tuple[int, str, str]:
-    """Run labpipe's real entry point in-process (exit codes come from main())."""
-    result = CliRunner().invoke(_entry, args, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_init_writes_a_lab_folder_that_loads(tmp_path):

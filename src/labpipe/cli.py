@@ -100,7 +100,8 @@ def demo(lab_dir: Path, workers: int | None) -> int:
     )
     _print_summary(summary)
     click.echo("(The demo's raw files include designed defects: the set-aside items are expected.)")
-    written = pipeline.build_report(cfg)
+    with nightly_mod.locked(cfg.processed_dir, command="demo", run_id=_STATE["run_id"]):
+        written = pipeline.build_report(cfg)
     click.echo(f"Wrote {len(written)} report files to {cfg.reports_dir}.")
     click.echo(f"Report: {cfg.reports_dir / 'index.html'}")
     return 0
