@@ -41,6 +41,25 @@ config_option = click.option(
 )
 
 
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parsing processes (default: all cores).",
+)
+
+
+def settle_option(default: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Return the ``--settle-seconds`` option with a command's own default."""
+    return click.option(
+        "--settle-seconds",
+        type=click.FloatRange(min=0),
+        default=default,
+        show_default=True,
+        help="Leave files modified in the last S seconds pending (still being written).",
+    )
+
+
 def _load(config_path: Path) -> config_mod.Experiment:
     cfg = config_mod.load_config(config_path)
     _STATE["log_file"] = logs.configure(
@@ -73,12 +92,7 @@ def init(lab_dir: Path) -> int:
 
 @cli.command()
 @click.argument("lab_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Parsing processes (default: all cores).",
-)
+@workers_option
 def demo(lab_dir: Path, workers: int | None) -> int:
     """Write a synthetic 24-rat experiment into LAB_DIR and run the pipeline on it."""
     from labpipe import demo as demo_mod
@@ -122,19 +136,8 @@ def inspect(file: Path, as_json: bool) -> int:
 
 @cli.command()
 @config_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Parsing processes (default: all cores).",
-)
-@click.option(
-    "--settle-seconds",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Leave files modified in the last S seconds pending (still being written).",
-)
+@workers_option
+@settle_option(0.0)
 @click.option(
     "--scheduler",
     default=None,
@@ -227,19 +230,8 @@ def export(config_path: Path, fmt: str, out_dir: Path | None) -> int:
 
 @cli.command()
 @config_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Parsing processes (default: all cores).",
-)
-@click.option(
-    "--settle-seconds",
-    type=click.FloatRange(min=0),
-    default=120.0,
-    show_default=True,
-    help="Leave files modified in the last S seconds pending (still being written).",
-)
+@workers_option
+@settle_option(120.0)
 @click.option("--no-report", is_flag=True, help="Ingest only; do not rebuild the report.")
 def nightly(config_path: Path, workers: int | None, settle_seconds: float, no_report: bool) -> int:
     """Locked ingest, then the report when anything changed; status.json; for cron."""
@@ -285,19 +277,8 @@ def verify(config_path: Path) -> int:
 
 @cli.command()
 @config_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Parsing processes (default: all cores).",
-)
-@click.option(
-    "--settle-seconds",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Leave files modified in the last S seconds pending (still being written).",
-)
+@workers_option
+@settle_option(0.0)
 def rebuild(config_path: Path, workers: int | None, settle_seconds: float) -> int:
     """Re-derive data/processed from data/raw beside the old state, then swap them."""
     from labpipe import nightly as nightly_mod

@@ -260,19 +260,24 @@ def ingest(
                 raise environment_failure(exc, processed) from exc
             raise
         summary.sessions_total = cat.counts()["sessions"]
-        summary.still_set_aside = [
-            SetAsideItem(
-                file=r["file"],
-                block=None if r["block"] < 0 else r["block"],
-                reason_code=r["reason_code"],
-                reason=r["reason"],
-                session_id=r["session_id"],
-                subject_raw=r["subject_raw"],
-            )
-            for r in cat.set_aside_rows()
-        ]
+        summary.still_set_aside = set_aside_items(cat)
         cat.finish_run(summary.run_id, summary.exit_code, _counts(summary))
     return summary
+
+
+def set_aside_items(cat: Catalog) -> list[SetAsideItem]:
+    """Return every file or session the catalog holds as set aside."""
+    return [
+        SetAsideItem(
+            file=r["file"],
+            block=None if r["block"] < 0 else r["block"],
+            reason_code=r["reason_code"],
+            reason=r["reason"],
+            session_id=r["session_id"],
+            subject_raw=r["subject_raw"],
+        )
+        for r in cat.set_aside_rows()
+    ]
 
 
 def _counts(s: IngestSummary) -> dict[str, int]:
@@ -861,17 +866,7 @@ def lab_status(cfg: Experiment) -> LabStatus:
         )
     with Catalog(path) as cat:
         counts = cat.counts()
-        aside = [
-            SetAsideItem(
-                file=r["file"],
-                block=None if r["block"] < 0 else r["block"],
-                reason_code=r["reason_code"],
-                reason=r["reason"],
-                session_id=r["session_id"],
-                subject_raw=r["subject_raw"],
-            )
-            for r in cat.set_aside_rows()
-        ]
+        aside = set_aside_items(cat)
     n_sessions = counts.pop("sessions")
     table = store.read_sessions(cfg.processed_dir)
     roster = pd.DataFrame(
