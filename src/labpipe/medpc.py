@@ -179,6 +179,8 @@ _ROW_START_RE = re.compile(r"[ \t]*\d+:")
 _LABEL_RE = re.compile(r"\n[ \t]*\d+:")
 _COMMENT_RE = re.compile(r"^\\([^\n]*)$", re.M)
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+#: Files shorter than this have their line ends classified with a regex, not numpy.
+_SMALL_NEWLINE_BYTES = 1 << 16
 #: Array rows are converted this many characters at a time, to bound memory.
 _CHUNK_CHARS = 1 << 20
 
@@ -289,6 +291,21 @@ def _newline_style(content: bytes) -> str:
         return "LF"
     if b"\n" not in content:
         return "CR"
+    if len(content) < _SMALL_NEWLINE_BYTES and b"\x01" not in content:
+        # With CR LF written as \x01, a line end ends a non-blank line when the byte
+        # before it is not a line-end byte (or it opens the file).
+        t = content.replace(b"\r\n", b"\x01")
+        kinds = []
+        for name, end in (("CRLF", 1), ("LF", 10), ("CR", 13)):
+            i = t.find(end)
+            while i >= 0:
+                if i == 0 or t[i - 1] not in (1, 10, 13):
+                    kinds.append(name)
+                    break
+                i = t.find(end, i + 1)
+        if len(kinds) == 1:
+            return kinds[0]
+        return "mixed" if kinds else "CRLF"
     raw = np.frombuffer(content, dtype=np.uint8)
     at = np.flatnonzero((raw == 10) | (raw == 13))  # every CR and LF, in order
     byte = raw[at]
@@ -435,12 +452,58 @@ def _diagnose_rows(letter: str, segment: str, base: int, done: int) -> _BlockErr
     return _BlockError(Reason.BAD_VALUE, base, f"has rows in array {letter} that cannot be read")
 
 
+#: Arrays shorter than this (in characters) are read row by row in Python: for a few
+#: rows that costs less than setting up the bulk conversion.
+_SMALL_ARRAY_CHARS = 2048
+
+
+def _parse_small_rows(segment: str, limits: Limits) -> np.ndarray | None:
+    r"""Read a short, well-formed array's rows; return None on any doubt.
+
+    Accepts exactly what :func:`_parse_rows`' bulk path accepts (``label: values`` lines,
+    ``[ \t]*digits:`` labels equal to the number of values before them, ASCII values
+    that ``float`` reads and that are finite), so both give the same array; whatever it
+    does not accept goes to the bulk path, which names the problem.
+    """
+    if not segment.isascii() or "_" in segment:
+        return None
+    tokens: list[str] = []
+    for line in segment.split("\n"):
+        label, colon, rest = line.partition(":")
+        if not colon:
+            if line.strip():
+                return None
+            continue
+        values = rest.split()
+        if (
+            not values
+            or ":" in rest
+            or not label.lstrip(" \t").isdigit()
+            or int(label) != len(tokens)
+        ):
+            return None
+        tokens.extend(values)
+    if len(tokens) > limits.max_array_values:
+        return None
+    try:
+        flat = np.array(list(map(float, tokens)), dtype=np.float64)
+    except ValueError:
+        return None
+    if not np.isfinite(flat).all():
+        return None
+    return flat
+
+
 def _parse_rows(letter: str, segment: str, base: int, limits: Limits) -> np.ndarray:
     """Convert the rows of one array (``segment`` = the lines after its letter line).
 
     The labels are checked and all values converted in bulk; on any doubt the rows are
     re-read one by one to name the bad line.
     """
+    if len(segment) < _SMALL_ARRAY_CHARS:
+        small = _parse_small_rows(segment, limits)
+        if small is not None:
+            return small
     parts: list[np.ndarray] = []
     done = 0
     for offset, chunk in _row_chunks(segment):
