@@ -93,8 +93,25 @@ def test_disk_full_at_every_write_of_ingest(tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_full_at_every_write_of_nightly_with_the_report(tmp_path):
-    _sweep(Night(tmp_path, ("nightly", "--settle-seconds", "0")), max_k=400)
+def test_disk_full_at_every_write_of_nightly_without_the_report(tmp_path):
+    _sweep(Night(tmp_path, ("nightly", "--settle-seconds", "0", "--no-report")), max_k=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [6, 9, 14, 20])
+def test_disk_full_while_writing_the_report(tmp_path, k):
+    """Writes 1-5 are the ingest's; later ones are figures, tables and index.html."""
+    night = Night(tmp_path, ("nightly", "--settle-seconds", "0"))
+    lab = night.copy("lab")
+    failed = night.run(lab, env={"LABPIPE_FAIL_WRITE_AT": str(k)})
+    assert failed.returncode == 4, failed.stderr
+    assert "is full" in failed.stderr and "Traceback" not in failed.stderr
+    assert runlab.state(lab) == night.clean  # the ingest before the report is whole
+    assert not [p for p in lab.root.rglob("*.tmp")]
+    again = night.run(lab)
+    assert again.returncode == 0, again.stderr
+    assert runlab.read_status(lab)["report"]["built"]
+    runlab.assert_sound(lab)
 
 
 # ---- a real full filesystem ------------------------------------------------------------
