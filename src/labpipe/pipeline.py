@@ -62,7 +62,12 @@ def analyse(cfg: Experiment) -> Analysis:
     bins = measures.time_bins(per_session, events, cfg)
     subjects = measures.subject_table(per_session, cfg)
     tests = measures.test_table(per_session, subjects, cfg)
-    statistics = stats.phase_statistics(per_session, tests, factors=cfg.analysis.factors)
+    statistics = stats.phase_statistics(
+        per_session,
+        tests,
+        factors=cfg.analysis.factors,
+        test_types=[r.test for r in cfg.phases if r.test is not None],
+    )
     with Catalog(processed / "catalog.sqlite") as cat:
         aside = pd.DataFrame(
             cat.set_aside_rows(),

@@ -606,6 +606,8 @@ def _fmt_df(value: Any) -> str:
     if _is_missing(value):
         return ""
     x = float(value)
+    if not math.isfinite(x):
+        return ""
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.2f}"
 
 

@@ -653,7 +653,14 @@ def satterthwaite_anova(
     C = np.linalg.inv(M)
     # Profiling b out adds H_φb C H_bφ (H_bφ_j = -X'V⁻¹V_jV⁻¹r).
     Hp = H + np.array([[h[j] @ C @ h[k] for k in range(2)] for j in range(2)])
-    A = np.linalg.pinv(-Hp)
+    if theta <= 1e-8 or Hp[0, 0] >= 0:
+        # θ on the boundary (a zero random-intercept variance): θ is not an interior
+        # estimate, so its curvature says nothing about its sampling variance. Only σ is
+        # free, as in lmerTest and MATLAB, whose df then all equal N_obs under ML.
+        A = np.zeros((2, 2))
+        A[1, 1] = 1.0 / -Hp[1, 1] if Hp[1, 1] < 0 else 0.0
+    else:
+        A = np.linalg.pinv(-Hp)
     dC = [C @ G[j] @ C for j in range(2)]
 
     def one_df(contrast: np.ndarray) -> tuple[float, float]:
@@ -910,6 +917,26 @@ def _one_mixed_anova(
             correction=True,
             effsize="np2",
         )
+    # On degenerate data (e.g. no variance at all) pingouin drops the columns it could not
+    # compute instead of raising; that is a row with a warning, not a crash.
+    absent = sorted({"DF1", "DF2", "F", "p_unc", "np2"} - set(aov.columns))
+    if absent:
+        return [
+            scope.row(
+                "mixed_anova",
+                effect=effect,
+                n_subjects=len(subs),
+                n_excluded=n_excl,
+                warnings=_join(
+                    [
+                        *caught.messages,
+                        f"pingouin returned no {', '.join(absent)} (degenerate data, e.g. no "
+                        "variance): mixed ANOVA not computed",
+                    ]
+                ),
+                note=note,
+            )
+        ]
     rows = []
     names = [effect, time, f"{effect}:{time}"]
     for i, name in enumerate(names):
@@ -1465,10 +1492,21 @@ def _guarded(scope: _Scope, analysis: str, n: int, fn: Any, *args: Any) -> list[
         ZeroDivisionError,
         FloatingPointError,
         AssertionError,
-    ) as exc:  # noqa: E501
+    ) as exc:
         # pingouin checks its inputs with assert and statsmodels raises ValueError or
         # LinAlgError on degenerate data; the rest of the table must still be produced.
         return [_failure(scope, analysis, f"not computed ({type(exc).__name__}: {exc})", n=n)]
+    except KeyError as exc:
+        # On degenerate data (no variance, one observation per cell) pingouin leaves out
+        # the result columns it could not compute instead of raising.
+        return [
+            _failure(
+                scope,
+                analysis,
+                f"not computed (pingouin returned no {exc} column: degenerate data)",
+                n=n,
+            )
+        ]
 
 
 # ---------------------------------------------------------------------------- per phase
@@ -1534,8 +1572,10 @@ def _session_phase(
     return rows
 
 
-def _test_types(sessions: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
-    found: set[str] = set()
+def _test_types(
+    sessions: pd.DataFrame, tests: pd.DataFrame, configured: Sequence[str] = ()
+) -> list[str]:
+    found: set[str] = set(configured)
     if len(tests) and "test" in tests:
         found |= {str(t) for t in tests["test"].dropna().unique()}
     if len(sessions) and "test" in sessions:
@@ -1631,7 +1671,11 @@ def _test_rows(
 
 
 def phase_statistics(
-    sessions: pd.DataFrame, tests: pd.DataFrame, *, factors: Sequence[str] = ("group", "sex")
+    sessions: pd.DataFrame,
+    tests: pd.DataFrame,
+    *,
+    factors: Sequence[str] = ("group", "sex"),
+    test_types: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Compute the statistics of every phase as one tidy table.
 
@@ -1645,6 +1689,9 @@ def phase_statistics(
         test_active, baseline_inactive, test_inactive, included`` and the factor columns.
     factors
         Between-subject factors (columns of both tables).
+    test_types
+        Reinstatement tests the experiment defines; a test no animal took still gets a row
+        saying so.
 
     Returns
     -------
@@ -1701,7 +1748,7 @@ def phase_statistics(
     if len(sessions):
         for phase in ("acquisition", "extinction"):
             rows += _session_phase(sessions, phase, names)
-    for test in _test_types(sessions, tests):
+    for test in _test_types(sessions, tests, test_types):
         rows += _test_rows(sessions, tests, test, names)
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     for c in ("df1", "df2", "statistic", "p", "p_adjusted", "effect_size"):
