@@ -193,7 +193,9 @@ with open(path, "ab", buffering=0) as out:
 
 def test_a_file_being_written_is_pending_then_ingested_exactly_once(tmp_path):
     lab = runlab.small_lab(tmp_path / "lab", n_days=1)
-    n_blocks = 6
+    # The writer pauses 0.2 s between writes; the settle window is 15x that, so a loaded
+    # CI machine that stalls the writer for a moment does not make a half file look settled.
+    n_blocks = 12
     sessions = [
         session("R1", box=7, date=f"04/{i + 1:02d}/26", left=[1.0 + j for j in range(i + 3)])
         for i in range(n_blocks)
@@ -206,12 +208,12 @@ def test_a_file_being_written_is_pending_then_ingested_exactly_once(tmp_path):
     growing = lab.raw / "growing.txt"
     growing.write_bytes(b"")
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(growing), str(chunks), str(n_blocks), "1.0"]
+        [sys.executable, "-c", WRITER, str(growing), str(chunks), str(n_blocks), "0.4"]
     )
     runs = 0
     try:
         while writer.poll() is None:
-            done = runlab.run(lab, "ingest", "--settle-seconds", "1", "--workers", "1")
+            done = runlab.run(lab, "ingest", "--settle-seconds", "3", "--workers", "1")
             runs += 1
             assert done.returncode in (0, 1), done.stderr
             assert "growing.txt" not in _ingested_paths(lab)
@@ -220,12 +222,12 @@ def test_a_file_being_written_is_pending_then_ingested_exactly_once(tmp_path):
     finally:
         writer.wait(timeout=60)
     assert runs >= 2
-    time.sleep(1.1)
-    done = runlab.run(lab, "ingest", "--settle-seconds", "1", "--workers", "1")
+    time.sleep(3.1)
+    done = runlab.run(lab, "ingest", "--settle-seconds", "3", "--workers", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert _file_status(lab, "growing.txt") == "ingested"
     assert _sessions_from(lab, "growing.txt") == n_blocks
-    again = runlab.run(lab, "ingest", "--settle-seconds", "1", "--workers", "1")
+    again = runlab.run(lab, "ingest", "--settle-seconds", "3", "--workers", "1")
     assert again.returncode == 0 and "Sessions added: 0" in again.stdout
     assert _sessions_from(lab, "growing.txt") == n_blocks
     runlab.assert_sound(lab)
