@@ -97,3 +97,19 @@ def test_the_installed_command_runs_as_a_real_process(tmp_path):
 
 def test_click_group_lists_every_command():
     assert {"init", "demo", "inspect", "ingest", "status"} <= set(cli.commands)
+
+
+def test_a_bug_is_one_line_on_stderr_with_the_traceback_in_the_log(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path / "lab")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something labpipe did not expect")
+
+    monkeypatch.setattr("labpipe.nightly.locked_ingest", broken)
+    code, _, err = invoke(["ingest", "--config", str(lab.config)])
+    assert code == 5
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("labpipe hit a bug")
+    assert "Traceback" not in err
+    log = (lab.processed / "logs" / "labpipe.log").read_text(encoding="utf-8")
+    assert "something labpipe did not expect" in log and "Traceback" in log

@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line for the user, the traceback in the log
         if _STATE["debug"]:
             raise
-        logger.error("internal error", exc_info=True)
+        logger.error("internal error", exc_info=True, extra={"stderr": False})
         where = _STATE["log_file"]
         if where is None:
             where = _crash_file(traceback.format_exc())

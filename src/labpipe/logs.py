@@ -15,6 +15,23 @@ from pythonjsonlogger.json import JsonFormatter
 LOG_NAME = "labpipe.log"
 
 
+class _Brief(logging.Formatter):
+    """One line per record on stderr: tracebacks go to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _for_stderr(record: logging.LogRecord) -> bool:
+    # Records the command line has already told the user about in its own words.
+    return getattr(record, "stderr", True)
+
+
 class _RunId(logging.Filter):
     def __init__(self, run_id: str) -> None:
         super().__init__()
@@ -50,7 +67,8 @@ def configure(log_dir: Path | None, *, run_id: str, verbose: bool = False) -> Pa
     root.propagate = False
     stderr = logging.StreamHandler()
     stderr.setLevel(logging.INFO if verbose else logging.WARNING)
-    stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    stderr.setFormatter(_Brief("%(levelname)s: %(message)s"))
+    stderr.addFilter(_for_stderr)
     root.addHandler(stderr)
     if log_dir is None:
         return None
