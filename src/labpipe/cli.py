@@ -97,7 +97,6 @@ def demo(lab_dir: Path, workers: int | None) -> int:
     """Write a synthetic 24-rat experiment into LAB_DIR and run the pipeline on it."""
     from labpipe import demo as demo_mod
     from labpipe import nightly as nightly_mod
-    from labpipe import pipeline
 
     truth = demo_mod.write_demo(lab_dir)
     cfg = _load(lab_dir / "configs" / "experiment.toml")
@@ -115,8 +114,8 @@ def demo(lab_dir: Path, workers: int | None) -> int:
     _print_summary(summary)
     click.echo("(The demo's raw files include designed defects: the set-aside items are expected.)")
     with nightly_mod.locked(cfg.processed_dir, command="demo", run_id=_STATE["run_id"]):
-        written = pipeline.build_report(cfg)
-    click.echo(f"Wrote {len(written)} report files to {cfg.reports_dir}.")
+        outcome = nightly_mod.build_report_if_changed(cfg, force=True)
+    click.echo(f"Wrote {outcome.files} report files to {cfg.reports_dir}.")
     click.echo(f"Report: {cfg.reports_dir / 'index.html'}")
     return 0
 
@@ -187,14 +186,14 @@ def status(config_path: Path) -> int:
 def report(config_path: Path) -> int:
     """Compute measures, criteria and statistics; write figures, tables and index.html."""
     from labpipe import nightly as nightly_mod
-    from labpipe import pipeline
 
     cfg = _load(config_path)
     # The run lock keeps a report from reading a lab folder that a rebuild is swapping.
+    # Recording what the report was built from spares the next nightly run a rebuild.
     with nightly_mod.locked(cfg.processed_dir, command="report", run_id=_STATE["run_id"]):
-        written = pipeline.build_report(cfg)
+        outcome = nightly_mod.build_report_if_changed(cfg, force=True)
     index = cfg.reports_dir / "index.html"
-    click.echo(f"Wrote {len(written)} files to {cfg.reports_dir}.")
+    click.echo(f"Wrote {outcome.files} files to {cfg.reports_dir}.")
     click.echo(f"Report: {index}")
     return 0
 

@@ -62,7 +62,7 @@ from typing import Any, cast
 
 import filelock
 
-from labpipe import fsio, store
+from labpipe import fsio, measures, pipeline, store
 from labpipe import ingest as ingest_mod
 from labpipe.catalog import Catalog
 from labpipe.config import Experiment
@@ -480,18 +480,6 @@ def data_state(cfg: Experiment) -> str:
     return h.hexdigest()
 
 
-def _report_builder() -> Callable[[Experiment], Any] | None:
-    """Return ``labpipe.pipeline.build_report`` (None while the analysis is not installed)."""
-    try:
-        from labpipe import pipeline
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("labpipe"):
-            logger.warning("report not available", extra={"event": "report.unavailable"})
-            return None
-        raise
-    return getattr(pipeline, "build_report", None)
-
-
 def _stored_state(cfg: Experiment) -> str | None:
     with Catalog(cfg.processed_dir / "catalog.sqlite") as cat:
         return cat.meta(REPORT_KEY)
@@ -529,12 +517,8 @@ def build_report_if_changed(cfg: Experiment, *, force: bool = False) -> ReportOu
         out.reason = "the stored data did not change since the last report"
         out.path = index
         return out
-    build = _report_builder()
-    if build is None:
-        out.reason = "the analysis modules are not installed in this version"
-        return out
     logger.info("building the report", extra={"event": "report.start"})
-    written = build(cfg)
+    written = pipeline.build_report(cfg)
     fsio.crash_point("mid_report")
     _remember_state(cfg, state)
     out.built = True
@@ -557,12 +541,6 @@ def ready_for_test(cfg: Experiment) -> tuple[list[dict[str, Any]], str]:
         One dict per ready animal (subject, group, extinction sessions to criterion), and
         a sentence saying how the list was made (or why it is empty).
     """
-    try:
-        from labpipe import measures
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("labpipe"):
-            return [], "measures are not available in this version of labpipe yet"
-        raise
     note = (
         "extinction criterion met, not excluded, and the last session is an extinction "
         "session (no test since)"
