@@ -87,3 +87,5 @@ def test_status_lists_every_animal(demo_lab):
     for subject in ("R01", "R12", "R24"):
         assert subject in out
     assert "567 sessions stored" in out
+    assert "non-acquirer" in out  # R12's exclusion, from the acquisition criterion
+    assert "ready_for_test" in out and "extinction_met" in out

@@ -171,13 +171,27 @@ def ingest(
 @config_option
 def status(config_path: Path) -> int:
     """Show what is ingested and set aside, and where each animal is."""
+    from labpipe import pipeline
+
     cfg = _load(config_path)
     st = ingest_mod.lab_status(cfg)
     files = ", ".join(f"{n} {k}" for k, n in sorted(st.files.items())) or "none"
     click.echo(f"Experiment {cfg.experiment}: {st.sessions} sessions stored; files: {files}.")
     _print_set_aside(st.set_aside)
+    animals = st.animals
+    if st.sessions:
+        progress = pipeline.animal_progress(cfg)
+        animals = animals.merge(
+            progress[["subject", "acquisition_met", "extinction_met", "ready_for_test"]],
+            on="subject",
+            how="left",
+        )
+        animals["excluded"] = animals["subject"].map(
+            progress.set_index("subject")["exclusion_reason"]
+        )
+        click.echo(f"Ready for a test: {pipeline.READY_RULE}.")
     click.echo("")
-    click.echo(st.animals.to_string(index=False, na_rep="-"))
+    click.echo(animals.to_string(index=False, na_rep="-"))
     return 1 if st.set_aside else 0
 
 

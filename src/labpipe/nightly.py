@@ -62,7 +62,7 @@ from typing import Any, cast
 
 import filelock
 
-from labpipe import fsio, measures, pipeline, store
+from labpipe import fsio, pipeline, store
 from labpipe import ingest as ingest_mod
 from labpipe.catalog import Catalog
 from labpipe.config import Experiment
@@ -541,32 +541,17 @@ def ready_for_test(cfg: Experiment) -> tuple[list[dict[str, Any]], str]:
         One dict per ready animal (subject, group, extinction sessions to criterion), and
         a sentence saying how the list was made (or why it is empty).
     """
-    note = (
-        "extinction criterion met, not excluded, and the last session is an extinction "
-        "session (no test since)"
-    )
     try:
-        sessions = store.read_sessions(cfg.processed_dir)
-        if sessions.empty:
+        if store.read_sessions(cfg.processed_dir).empty:
             return [], "no session is stored yet"
-        events = store.read_events(cfg.processed_dir)
-        per_session = measures.session_measures(sessions, events, cfg)
-        subjects = measures.subject_table(per_session, cfg)
+        progress = pipeline.animal_progress(cfg)
     except LabpipeError:
         raise
     except Exception:  # informative only: never fail the nightly run over it
         logger.error("ready-for-test list failed", exc_info=True, extra={"event": "ready.bug"})
         return [], "could not be computed (a bug in labpipe; the traceback is in the log)"
-    last_phase = (
-        sessions.sort_values(["subject", "start"]).groupby("subject")["phase"].last().to_dict()
-    )
     out: list[dict[str, Any]] = []
-    for row in subjects.to_dict("records"):
-        met = row.get("extinction_met")
-        if _missing(met) or not bool(met) or bool(row.get("excluded")):
-            continue
-        if last_phase.get(row["subject"]) != "extinction":
-            continue
+    for row in progress[progress["ready_for_test"]].to_dict("records"):
         n_ext = row.get("extinction_sessions_to_criterion")
         out.append(
             {
@@ -575,6 +560,7 @@ def ready_for_test(cfg: Experiment) -> tuple[list[dict[str, Any]], str]:
                 "extinction_sessions_to_criterion": None if _missing(n_ext) else int(n_ext),
             }
         )
+    note = pipeline.READY_RULE
     return out, note
 
 

@@ -87,6 +87,56 @@ def analyse(cfg: Experiment) -> Analysis:
     )
 
 
+#: When an animal counts as ready for its next reinstatement test.
+READY_RULE = (
+    "extinction criterion met, not excluded, and the last session is an extinction "
+    "session (no test since)"
+)
+
+
+def animal_progress(cfg: Experiment) -> pd.DataFrame:
+    """Where each animal stands: criteria met, exclusion, ready for a test.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per roster animal: ``subject, group, acquisition_met, extinction_met,
+        extinction_sessions_to_criterion, excluded, exclusion_reason, ready_for_test``
+        (see :data:`READY_RULE`). Computed from the measures only, without statistics.
+    """
+    sessions = store.read_sessions(cfg.processed_dir)
+    events = store.read_events(cfg.processed_dir)
+    per_session = measures.session_measures(sessions, events, cfg)
+    subjects = measures.subject_table(per_session, cfg)
+    last_phase = (
+        sessions.sort_values(["subject", "start"]).groupby("subject")["phase"].last()
+        if len(sessions)
+        else pd.Series(dtype="str")
+    )
+    out = subjects[
+        [
+            "subject",
+            "group",
+            "acquisition_met",
+            "extinction_met",
+            "extinction_sessions_to_criterion",
+            "excluded",
+            "exclusion_reason",
+        ]
+    ].copy()
+    out["ready_for_test"] = (
+        out["extinction_met"].fillna(False).astype(bool)
+        & ~out["excluded"].astype(bool)
+        & out["subject"].map(last_phase).eq("extinction")
+    )
+    return out
+
+
 def raw_file_count(cfg: Experiment) -> int:
     """Return how many raw files the catalog knows (any status)."""
     with Catalog(cfg.processed_dir / "catalog.sqlite") as cat:
