@@ -101,6 +101,29 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+_INSERT_FILE = (
+    "INSERT INTO files (path, size, mtime_ns, sha256, status, reason_code, reason,"
+    " duplicate_of, n_sessions, parser_version, config_fingerprint, first_seen,"
+    " updated, run_id)"
+    " VALUES (:path, :size, :mtime_ns, :sha256, :status, :reason_code, :reason,"
+    " :duplicate_of, :n_sessions, :parser_version, :config_fingerprint, :now, :now,"
+    " :run_id)"
+)
+_FILE_DEFAULTS: dict[str, Any] = {
+    "sha256": None,
+    "duplicate_of": None,
+    "reason_code": None,
+    "reason": None,
+    "n_sessions": 0,
+    "parser_version": None,
+    "config_fingerprint": None,
+}
+
+
+def _file_values(row: Mapping[str, Any], now: str, run_id: str) -> dict[str, Any]:
+    return {**_FILE_DEFAULTS, **row, "now": now, "run_id": run_id}
+
+
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 (run bookkeeping only, never in outputs)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -211,15 +234,6 @@ class Catalog:
         )
         return {r[0]: FileRow(*r) for r in rows}
 
-    def sha_owner(self, sha256: str, *, not_path: str) -> str | None:
-        """Return another path already ingested with the same content, if any."""
-        row = self.con.execute(
-            "SELECT path FROM files WHERE sha256 = ? AND path != ?"
-            " AND status IN ('ingested', 'partial') ORDER BY path LIMIT 1",
-            (sha256, not_path),
-        ).fetchone()
-        return row[0] if row else None
-
     def by_identity(self, identities: Sequence[str]) -> dict[str, StoredSession]:
         """Return stored sessions whose identity is among ``identities``."""
         return self._stored("identity", identities)
@@ -302,36 +316,42 @@ class Catalog:
     @staticmethod
     def put_file(con: sqlite3.Connection, row: Mapping[str, Any], run_id: str) -> None:
         """Insert or update a file row; clears its set-aside and duplicate rows."""
-        now = now_iso()
         con.execute(
-            "INSERT INTO files (path, size, mtime_ns, sha256, status, reason_code, reason,"
-            " duplicate_of, n_sessions, parser_version, config_fingerprint, first_seen,"
-            " updated, run_id)"
-            " VALUES (:path, :size, :mtime_ns, :sha256, :status, :reason_code, :reason,"
-            " :duplicate_of, :n_sessions, :parser_version, :config_fingerprint, :now, :now,"
-            " :run_id)"
-            " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
+            _INSERT_FILE + " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
             " mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,"
             " status = excluded.status, reason_code = excluded.reason_code,"
             " reason = excluded.reason, duplicate_of = excluded.duplicate_of,"
             " n_sessions = excluded.n_sessions, parser_version = excluded.parser_version,"
             " config_fingerprint = excluded.config_fingerprint, updated = excluded.updated,"
             " run_id = excluded.run_id",
-            {
-                "sha256": None,
-                "duplicate_of": None,
-                "reason_code": None,
-                "reason": None,
-                "n_sessions": 0,
-                "parser_version": None,
-                "config_fingerprint": None,
-                **row,
-                "now": now,
-                "run_id": run_id,
-            },
+            _file_values(row, now_iso(), run_id),
         )
         con.execute("DELETE FROM set_aside WHERE path = ?", (row["path"],))
         con.execute("DELETE FROM duplicates WHERE path = ?", (row["path"],))
+
+    @staticmethod
+    def put_new_files(
+        con: sqlite3.Connection, rows: Sequence[Mapping[str, Any]], run_id: str
+    ) -> None:
+        """Insert files the catalog has never seen, in one statement (no rows to clear)."""
+        now = now_iso()
+        con.executemany(_INSERT_FILE, [_file_values(r, now, run_id) for r in rows])
+
+    def sha_owners(self, shas: Sequence[str]) -> dict[str, list[str]]:
+        """Return sha256 -> paths already ingested with that content (sorted), in bulk."""
+        out: dict[str, list[str]] = {}
+        keys = sorted(set(shas))
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.con.execute(
+                f"SELECT sha256, path FROM files WHERE sha256 IN ({marks})"  # noqa: S608
+                " AND status IN ('ingested', 'partial') ORDER BY path",
+                part,
+            )
+            for sha, path in rows:
+                out.setdefault(sha, []).append(path)
+        return out
 
     @staticmethod
     def put_sessions(con: sqlite3.Connection, rows: Iterable[Mapping[str, Any]]) -> None:

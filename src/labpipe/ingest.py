@@ -463,56 +463,6 @@ def _parse_all(
         yield from pool.map(_work_chunk, chunks)
 
 
-def _sha_owners(cat: Catalog, shas: Sequence[str]) -> dict[str, list[str]]:
-    """Return sha256 -> paths already ingested with that content (sorted), for a chunk.
-
-    One query for the chunk instead of one a file (as :meth:`Catalog.sha_owner`, whose
-    condition it repeats); the catalog is not written while a chunk is decided.
-    """
-    out: dict[str, list[str]] = {}
-    keys = sorted(set(shas))
-    for i in range(0, len(keys), 500):
-        part = keys[i : i + 500]
-        marks = ",".join("?" * len(part))
-        rows = cat.con.execute(
-            f"SELECT sha256, path FROM files WHERE sha256 IN ({marks})"  # noqa: S608
-            " AND status IN ('ingested', 'partial') ORDER BY path",
-            part,
-        )
-        for sha, path in rows:
-            out.setdefault(sha, []).append(path)
-    return out
-
-
-def _put_new_files(con: Any, rows: list[dict[str, Any]], run_id: str) -> None:
-    """Insert the rows of files the catalog has never seen, in one statement.
-
-    The batched form of :meth:`Catalog.put_file` for new paths (which have no set-aside or
-    duplicate rows to clear); the columns and defaults are those of ``put_file``.
-    """
-    from labpipe.catalog import now_iso
-
-    now = now_iso()
-    defaults = {
-        "sha256": None,
-        "duplicate_of": None,
-        "reason_code": None,
-        "reason": None,
-        "n_sessions": 0,
-        "parser_version": None,
-        "config_fingerprint": None,
-    }
-    con.executemany(
-        "INSERT INTO files (path, size, mtime_ns, sha256, status, reason_code, reason,"
-        " duplicate_of, n_sessions, parser_version, config_fingerprint, first_seen,"
-        " updated, run_id)"
-        " VALUES (:path, :size, :mtime_ns, :sha256, :status, :reason_code, :reason,"
-        " :duplicate_of, :n_sessions, :parser_version, :config_fingerprint, :now, :now,"
-        " :run_id)",
-        [{**defaults, **row, "now": now, "run_id": run_id} for row in rows],
-    )
-
-
 def _commit_batch(
     cfg: Experiment,
     cat: Catalog,
@@ -527,7 +477,7 @@ def _commit_batch(
     slots = [s.slot for r in results for s in r.sessions]
     stored = cat.by_identity(identities)
     by_slot = cat.by_slot(slots)
-    owners = _sha_owners(cat, [r.sha256 for r in results if r.sha256 and r.error is None])
+    owners = cat.sha_owners([r.sha256 for r in results if r.sha256 and r.error is None])
 
     file_rows: list[dict[str, Any]] = []
     session_rows: list[dict[str, Any]] = []
@@ -656,7 +606,7 @@ def _commit_batch(
     with cat.transaction() as con:
         new_rows = [r for r in file_rows if known is not None and r["path"] not in known]
         if new_rows:
-            _put_new_files(con, new_rows, summary.run_id)
+            cat.put_new_files(con, new_rows, summary.run_id)
         for row in file_rows:
             if known is None or row["path"] in known:
                 cat.put_file(con, row, summary.run_id)
