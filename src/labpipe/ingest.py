@@ -42,6 +42,7 @@ import pandas as pd
 from labpipe import medpc, sessions, store, worker
 from labpipe.catalog import Catalog, StoredSession
 from labpipe.config import Experiment
+from labpipe.errors import DataError
 from labpipe.fsio import crash_point, environment_failure, is_environment_error
 from labpipe.model import Reason
 
@@ -168,15 +169,6 @@ def _work_chunk(items: list[tuple[str, str, int, int]]) -> worker.ChunkResult:
 
 
 # ---- main side -------------------------------------------------------------------------
-
-
-def discover(raw_dir: Path) -> Iterator[tuple[Path, str, int, int]]:
-    """Yield (path, path relative to raw_dir, size, mtime_ns) of every raw file, sorted.
-
-    Hidden files and folders (names starting with ``.``) are skipped.
-    """
-    for path, rel, size, mtime_ns in _scan(raw_dir):
-        yield Path(path), rel, size, mtime_ns
 
 
 def _scan(raw_dir: Path) -> list[tuple[str, str, int, int]]:
@@ -400,11 +392,7 @@ def _derivation_key(cfg: Experiment, cat: Catalog) -> str:
         for subject in cat.stored_subjects()
         if subject in cfg.roster
     }
-    base = sessions.derivation_key(cfg, sides)
-    phases = ";".join(f"{r.msn.pattern}->{r.phase}/{r.test}" for r in cfg.phases)
-    import hashlib
-
-    return hashlib.sha256(f"{base}|parser={PARSER_VERSION}|{phases}".encode()).hexdigest()
+    return sessions.derivation_key(cfg, sides, parser_version=PARSER_VERSION)
 
 
 def _forget_parts(cat: Catalog, names: Sequence[str]) -> None:
@@ -816,8 +804,6 @@ def lab_status(cfg: Experiment) -> LabStatus:
     """
     path = cfg.processed_dir / "catalog.sqlite"
     if not path.exists():
-        from labpipe.errors import DataError
-
         raise DataError(
             f"{path} does not exist: nothing has been ingested yet.",
             hint="Run `labpipe ingest` first.",

@@ -514,7 +514,7 @@ def _decode_time_code(
     return out
 
 
-def derivation_key(cfg: Experiment, subjects: Mapping[str, str]) -> str:
+def derivation_key(cfg: Experiment, subjects: Mapping[str, str], *, parser_version: str) -> str:
     """Hash everything stored events and records depend on, besides the raw bytes.
 
     Parameters
@@ -523,6 +523,8 @@ def derivation_key(cfg: Experiment, subjects: Mapping[str, str]) -> str:
         The experiment config.
     subjects
         Subject -> active lever, for the animals that have stored sessions.
+    parser_version
+        Version of the raw reader that produced the stored values.
 
     Returns
     -------
@@ -530,6 +532,7 @@ def derivation_key(cfg: Experiment, subjects: Mapping[str, str]) -> str:
         sha256 hex. When it changes, stored sessions are re-derived from the raw files.
     """
     parts = [
+        f"parser={parser_version}",
         f"mapping={MAPPING_VERSION}",
         f"tz={cfg.timezone}",
         f"levers={_dump(cfg.levers)}",
@@ -538,6 +541,7 @@ def derivation_key(cfg: Experiment, subjects: Mapping[str, str]) -> str:
         f"events={_dump(cfg.events)}",
         "sides=" + ",".join(f"{s}:{side}" for s, side in sorted(subjects.items())),
         "corrections=" + ",".join(f"{k}:{v}" for k, v in sorted(cfg.corrections.items())),
+        "phases=" + ";".join(f"{r.msn.pattern}->{r.phase}/{r.test}" for r in cfg.phases),
     ]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
