@@ -105,10 +105,14 @@ Rules of the reader
   ``TOO_LARGE`` (see :class:`Limits`). Nothing else escapes: no ``ValueError``,
   ``UnicodeDecodeError``, ``IndexError`` or ``MemoryError``; memory and time are bounded by
   the caps whatever the bytes.
-* Speed: each line is read once. An array's rows are checked in bulk (one ``str.split``
-  a row, run by ``map`` in C; labels checked against the running count with numpy) and
-  converted with one ``np.fromiter(map(float, tokens))`` an array, with no Python-level
-  loop a value. ``float`` itself is then the main cost (a few hundred ns a value).
+* Speed: each line is read once. The arrays of a file are read together by numpy alone
+  (:func:`_vector_rows`: token bounds, labels, dots, signs and exponents found with
+  whole-array operations, each value computed as an exact integer times or over a power
+  of ten, which gives exactly ``float(text)``). Whatever that reader doubts (a bad row,
+  an unusual number) is read again array by array: rows checked in bulk and converted
+  with ``np.fromiter(map(float, tokens))``, or row by row for short arrays, and a bad
+  line found and named by :func:`_diagnose_rows`. All paths give the same sessions, bit
+  for bit (``tests/test_medpc_speed_invariants.py``).
 """
 
 from __future__ import annotations
@@ -494,6 +498,135 @@ def _parse_small_rows(segment: str, limits: Limits) -> np.ndarray | None:
     return flat
 
 
+#: Powers of ten, exact as int64 and as float64.
+_POW10_INT = 10 ** np.arange(19, dtype=np.int64)
+_POW10_FLOAT = 10.0 ** np.arange(23)
+#: Read arrays' rows with :func:`_vector_rows` (tests switch it off to compare paths).
+_VECTOR_ROWS = True
+_NO_VALUES = np.empty(0, dtype=np.float64)
+#: An array left for a bulk read: its session's variables, letter, rows and their place.
+_Pending = tuple[dict[str, Value], str, str, int]
+
+
+def _vector_rows(segments: Sequence[str], bases: Sequence[int]) -> list[np.ndarray] | None:
+    r"""Read the rows of well-formed ASCII arrays with numpy alone; return None on any doubt.
+
+    Each value is read as the integer of its digits times or over a power of ten
+    (``-12.345`` is ``-(12345 / 10**3)``, ``1.5E2`` is ``15 * 10**1``). With the integer
+    at most 2**53 and the power at most 10**22, both are exact doubles and IEEE
+    multiplication and division round correctly, so the result is the double nearest the
+    decimal: exactly what ``float`` gives (Clinger's fast path). Rows must be
+    ``[ \t]*label: values``, the label the number of values before it in its segment
+    (plus the segment's entry in ``bases``: a continued array); values
+    ``[-+]?digits[.digits][E[-+]digits]``, at most 18 characters before the exponent.
+    Anything else returns None, and the general path reads (or names) it. The segments
+    (ASCII, without ``_``) are read in one go: a few dozen numpy calls for all of them.
+    """
+    text = "\n" + "\n".join(segments) + "\n"
+    b = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    newline = b == 10
+    colon = b == 58
+    sep = newline | colon | (b == 32) | (b == 9)
+    issign = (b == 45) | (b == 43)
+    n_dots = int(np.count_nonzero(b == 46))
+    n_signs = int(np.count_nonzero(issign))
+    edge = np.diff(sep.view(np.int8))  # -1: a token starts next; +1: one ends next
+    starts = np.flatnonzero(edge == -1) + 1
+    ends = np.flatnonzero(edge == 1) + 1
+    n_tokens = len(starts)
+    # Each line's first token is its label, followed at once by the line's only colon.
+    is_label = b[ends] == 58
+    first = np.zeros(n_tokens + 1, dtype=bool)
+    first[np.searchsorted(starts, np.flatnonzero(newline))] = True
+    labels = np.flatnonzero(is_label)
+    if (
+        not n_tokens
+        or not np.array_equal(first[:n_tokens], is_label)
+        or int(np.count_nonzero(colon)) != len(labels)
+        or np.any(np.diff(np.append(labels, n_tokens)) < 2)  # a row without values
+        or int((ends - starts).max()) > 24
+    ):
+        return None
+    # An exponent (1.5E2, 3e-1): the digits part ends at the E; the power is read apart.
+    power = np.zeros(n_tokens, dtype=np.int64)
+    digits_end = ends
+    e_at = np.flatnonzero((b == 69) | (b == 101))
+    if len(e_at):
+        owner = np.searchsorted(ends, e_at, side="right")
+        if np.any(np.diff(owner) == 0):
+            return None
+        e_sign = issign[e_at + 1]
+        e_first = e_at + 1 + e_sign
+        e_len = ends[owner] - e_first
+        if int(e_len.min()) < 1 or int(e_len.max()) > 3:
+            return None
+        exponent = np.zeros(len(e_at), dtype=np.int64)
+        for k in range(3):  # the exponent's digits, left to right
+            more = e_len > k
+            digit = b[np.where(more, e_first + k, 0)] - np.uint8(48)
+            if np.any(more & (digit >= 10)):
+                return None
+            exponent = np.where(more, exponent * 10 + digit, exponent)
+        power[owner] = np.where(b[e_at + 1] == 45, -exponent, exponent)
+        digits_end = ends.copy()
+        digits_end[owner] = e_at
+        n_signs -= int(np.count_nonzero(issign[e_at + 1]))
+    signed = issign[starts]
+    length = digits_end - starts
+    if int(np.count_nonzero(signed)) != n_signs or int(length.max()) > 18:
+        return None  # a sign inside a number, or a number too long for the fast path
+    # The dot of each token, looked for 0, 1, 2 ... characters before its digits end.
+    frac = np.zeros(n_tokens, dtype=np.int64)
+    dotted = np.zeros(n_tokens, dtype=bool)
+    found = 0
+    for back in range(18):
+        if found == n_dots:
+            break
+        at = digits_end - 1 - back
+        hit = (b[at] == 46) & (at >= starts) & ~dotted
+        frac[hit] = back
+        dotted |= hit
+        found += int(np.count_nonzero(hit))
+    if found != n_dots or np.any((dotted | signed)[labels]) or np.any(power[labels]):
+        return None  # two dots in a token, or a label that is not bare digits
+    # Tokens of one shape (length, dot place, sign) have their digits in the same columns.
+    shape = (length * 32 + np.where(dotted, frac, 31)) * 2 + signed
+    mantissa = np.empty(n_tokens, dtype=np.int64)
+    for key in np.flatnonzero(np.bincount(shape)):
+        width, back, sign = int(key) // 64, int(key) // 2 % 32, int(key) % 2
+        cols = np.arange(sign, width)
+        if back != 31:
+            cols = cols[cols != width - 1 - back]
+        which = np.flatnonzero(shape == key)
+        window = b[starts[which][:, None] + cols] - np.uint8(48)
+        if not len(cols) or np.any(window >= 10):
+            return None  # no digit, or a character that is not one
+        mantissa[which] = window @ _POW10_INT[len(cols) - 1 :: -1]
+    scale = power - frac
+    if int(mantissa.max()) > 2**53 or int(np.abs(scale).max()) > 22:
+        return None
+    up = scale > 0
+    values = mantissa.astype(np.float64) / _POW10_FLOAT[np.where(up, 0, -scale)]
+    if up.any():
+        values[up] *= _POW10_FLOAT[scale[up]]
+    negative = b[starts] == 45
+    if negative.any():
+        values[negative] = -values[negative]  # -0.000 stays -0.0, as float("-0.000")
+    # Row r is preceded by labels[r] - r values in all; its segment's first row by as many
+    # as that segment's values start after.
+    before = labels - np.arange(len(labels))
+    seg_starts = np.cumsum([1] + [len(seg) + 1 for seg in segments[:-1]])
+    seg_of_row = np.searchsorted(seg_starts, starts[labels], side="right") - 1
+    if not np.all(np.bincount(seg_of_row, minlength=len(segments))):
+        return None  # a segment without rows
+    first_row = np.searchsorted(seg_of_row, np.arange(len(segments)))
+    offset = before[first_row] - np.asarray(bases, dtype=np.int64)
+    if not np.array_equal(values[labels], before - offset[seg_of_row]):
+        return None
+    flat = np.delete(values, labels)
+    return np.split(flat, before[first_row[1:]])
+
+
 def _parse_rows(letter: str, segment: str, base: int, limits: Limits) -> np.ndarray:
     """Convert the rows of one array (``segment`` = the lines after its letter line).
 
@@ -510,6 +643,18 @@ def _parse_rows(letter: str, segment: str, base: int, limits: Limits) -> np.ndar
         # float() takes what rows never hold: non-ASCII digits, "1_000", "nan", "inf".
         if not chunk.isascii() or "_" in chunk:
             raise _diagnose_rows(letter, chunk, base + offset, done)
+        read = _vector_rows([chunk], [done]) if _VECTOR_ROWS else None
+        if read is not None:
+            fast = read[0]
+            if done + len(fast) > limits.max_array_values:
+                raise _BlockError(
+                    Reason.TOO_LARGE,
+                    base + offset,
+                    f"has more than {limits.max_array_values:,} values in array {letter}",
+                )
+            parts.append(fast)
+            done += len(fast)
+            continue
         # Every non-blank line must be `label: values`; glued labels (`0:11`) split too.
         rows = list(map(str.split, chunk.replace(":", " ").split("\n")))
         counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -558,8 +703,69 @@ class _Block:
     file_line: str | None
 
 
+#: A block whose arrays hold at least this many characters has them read in one
+#: :func:`_vector_rows` call (below it, row by row costs less).
+_BATCH_MIN_CHARS = 4096
+
+
 def _parse_block(text: str, block: _Block, index: int, limits: Limits) -> RawSession:
-    """Read one block; raise _BlockError naming what is wrong and where."""
+    """Read one block; raise _BlockError naming what is wrong and where.
+
+    The block's arrays are first read together in bulk; on any doubt (a bad row, a value
+    the bulk reader does not take) the block is read again array by array, in order, so
+    that the first problem is the one named.
+    """
+    if _VECTOR_ROWS:
+        try:
+            session, pending = _read_block(text, block, index, limits, batch=True)
+        except _BlockError:
+            pending = None
+        if pending is not None and _fill_all(pending, limits):
+            return session
+    return _read_block(text, block, index, limits, batch=False)[0]
+
+
+def _fill_all(pending: list[_Pending], limits: Limits) -> bool:
+    """Read the pending arrays into their sessions' variables; False when in doubt."""
+    if not pending:
+        return True
+    arrays = _read_arrays(pending, limits)
+    if arrays is None:
+        return False
+    for (variables, letter, _, _), values in zip(pending, arrays, strict=True):
+        variables[letter] = values
+    return True
+
+
+def _read_arrays(pending: list[_Pending], limits: Limits) -> list[np.ndarray] | None:
+    """Read pending arrays in bulk; None when one of them is in doubt."""
+    if any("_" in segment for _, _, segment, _ in pending):
+        return None
+    total = sum(len(segment) for _, _, segment, _ in pending)
+    if total < _BATCH_MIN_CHARS:
+        try:
+            return [_parse_rows(letter, seg, at, limits) for _, letter, seg, at in pending]
+        except _BlockError:
+            return None
+    arrays: list[np.ndarray] = []
+    group: list[str] = []
+    size = 0
+    for i, (_, _, segment, _) in enumerate(pending):
+        group.append(segment)
+        size += len(segment)
+        if size >= _CHUNK_CHARS or i == len(pending) - 1:
+            read = _vector_rows(group, [0] * len(group))
+            if read is None or any(len(a) > limits.max_array_values for a in read):
+                return None
+            arrays.extend(read)
+            group, size = [], 0
+    return arrays
+
+
+def _read_block(
+    text: str, block: _Block, index: int, limits: Limits, *, batch: bool
+) -> tuple[RawSession, list[_Pending]]:
+    """Read one block; with ``batch``, leave its ASCII arrays pending (see :func:`_fill_all`)."""
     first_var = _VAR_RE.search(text, block.start, block.end)
     head_end = first_var.start(1) if first_var else block.end
     header, comments, stray = _parse_header(text, block.start, head_end)
@@ -593,6 +799,7 @@ def _parse_block(text: str, block: _Block, index: int, limits: Limits) -> RawSes
                 "session this is",
             )
         variables: dict[str, Value] = {}
+        pending: list[_Pending] = []  # arrays read later, together
         matches = list(_VAR_RE.finditer(text, first_var.start(), block.end))
         if len(matches) > 26 * 4:
             raise _BlockError(Reason.BAD_VALUE, matches[0].start(1), "has too many variables")
@@ -616,19 +823,24 @@ def _parse_block(text: str, block: _Block, index: int, limits: Limits) -> RawSes
                         f"has unexpected text after the scalar {letter}: {segment.strip()[:40]!r}",
                     )
             elif segment.strip():
-                variables[letter] = _parse_rows(letter, segment, seg_start, limits)
+                if batch and len(segment) <= _CHUNK_CHARS and segment.isascii():
+                    pending.append((variables, letter, segment, seg_start))
+                    variables[letter] = _NO_VALUES  # read below, with the others
+                else:
+                    variables[letter] = _parse_rows(letter, segment, seg_start, limits)
             else:
                 variables[letter] = np.empty(0, dtype=np.float64)
     except _BlockError as exc:
         exc.header = header
         raise
-    return RawSession(
+    session = RawSession(
         header=header,
         variables=variables,
         block=index,
         line=block.line,
         comments=tuple(c for c, _ in sorted(comments, key=lambda c: c[1])),
     )
+    return session, pending
 
 
 def _cut_place(text: str, block: _Block) -> str:
@@ -767,11 +979,12 @@ def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
             )
         )
         offset = 1
+    drafts = _draft_blocks(text, blocks, offset, limits)
     for i, block in enumerate(blocks):
         index = i + offset
         last = i == len(blocks) - 1
         try:
-            session = _parse_block(text, block, index, limits)
+            session = drafts[i] or _parse_block(text, block, index, limits)
         except _BlockError as exc:
             header = exc.header
             who = _who(header, index, block.line)
@@ -812,6 +1025,27 @@ def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
     return ParsedFile(
         sessions=tuple(sessions), problems=tuple(problems), encoding=codec, newline=newline
     )
+
+
+def _draft_blocks(
+    text: str, blocks: list[_Block], offset: int, limits: Limits
+) -> list[RawSession | None]:
+    """Read the blocks with all their arrays in bulk at once; None for blocks to redo."""
+    if not _VECTOR_ROWS or len(blocks) < 2:
+        return [None] * len(blocks)
+    drafts: list[RawSession | None] = []
+    pending: list[_Pending] = []
+    for i, block in enumerate(blocks):
+        try:
+            session, todo = _read_block(text, block, i + offset, limits, batch=True)
+        except _BlockError:
+            drafts.append(None)
+            continue
+        drafts.append(session)
+        pending.extend(todo)
+    if not _fill_all(pending, limits):
+        return [None] * len(blocks)
+    return drafts
 
 
 def _stops_short(session: RawSession, earlier: Sequence[RawSession]) -> bool:
