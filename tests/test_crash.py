@@ -20,7 +20,14 @@ import runlab
 
 from labfolder import Lab
 
-INGEST_STEPS = ["mid_stage", "after_stage", "in_txn", "after_commit", "after_publish"]
+INGEST_STEPS = [
+    "mid_stage",
+    "after_stage",
+    "in_txn",
+    "after_commit",
+    "after_publish",
+    "sessions_written",
+]
 STATUS_STEPS = ["mid_status"]
 
 

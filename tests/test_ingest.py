@@ -311,3 +311,77 @@ def test_a_letter_for_digit_slip_is_suggested_first():
     assert suggest_subjects("R1O", ["R10", "R18", "R19", "R21"]) == ["R10"]
     assert suggest_subjects("rl2", ["R12", "R21"]) == ["R12"]
     assert suggest_subjects("R9", ["R10", "R18"]) == []
+
+
+# ---- sessions.parquet: extended night after night, rebuilt when it must be -------------
+
+
+def _sessions_bytes(lab: Lab) -> bytes:
+    return (lab.processed / "sessions.parquet").read_bytes()
+
+
+def _records_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy: how many stored records each sessions.parquet build decodes."""
+    sizes: list[int] = []
+    real = store.records_frame
+
+    def spy(records):
+        sizes.append(len(records))
+        return real(records)
+
+    monkeypatch.setattr(store, "records_frame", spy)
+    return sizes
+
+
+def _two_nights(root, *, split: bool) -> Lab:
+    lab = make_lab(root)
+    lab.add("d1/r1", [session("R1", left=[10, 20], infusions=[10])])
+    lab.add("d1/r2", [session("R2", box=2, right=[5], infusions=[5])])
+    if split:
+        run(lab)
+    lab.add("d2/r1", [session("R1", date="03/03/26", left=[1, 2, 3], infusions=[1, 2])])
+    lab.add("d2/r2", [session("R2", box=2, date="03/03/26", msn="EXT_2h", right=[7])])
+    run(lab)
+    return lab
+
+
+def test_a_nightly_run_decodes_only_the_new_records_and_equals_a_fresh_build(tmp_path, monkeypatch):
+    sizes = _records_read(monkeypatch)
+    nightly = _two_nights(tmp_path / "a", split=True)
+    assert sizes == [2, 2]  # night 1: both records; night 2: only the 2 new ones
+    once = _two_nights(tmp_path / "b", split=False)
+    assert _sessions_bytes(nightly) == _sessions_bytes(once)
+    s = store.read_sessions(nightly.processed).set_index(["subject", "session_index"])
+    assert s.loc[("R1", 2), "day_in_phase"] == 2 and s.loc[("R2", 2), "phase"] == "extinction"
+
+
+def test_a_deleted_or_changed_session_makes_the_next_run_rebuild_from_the_catalog(
+    tmp_path, monkeypatch
+):
+    lab = _two_nights(tmp_path / "a", split=True)
+    before = _sessions_bytes(lab)
+    con = sqlite3.connect(lab.processed / "catalog.sqlite")
+    with con:  # what a future labpipe might do: rewrite a stored record in place
+        con.execute("UPDATE sessions SET record = record WHERE subject = 'R1'")
+    con.close()
+    sizes = _records_read(monkeypatch)
+    lab.add("d3/r1", [session("R1", date="03/04/26", left=[4], infusions=[4])])
+    run(lab)
+    assert sizes == [5]  # every record, not only the new one
+    assert _sessions_bytes(lab) != before
+    assert len(store.read_sessions(lab.processed)) == 5
+
+
+def test_a_damaged_or_replaced_sessions_file_is_never_extended(tmp_path, monkeypatch):
+    lab = _two_nights(tmp_path / "a", split=True)
+    good = _sessions_bytes(lab)
+    path = lab.processed / "sessions.parquet"
+    # Another (valid) table put in its place, e.g. a backup restored by hand.
+    frame = store.read_sessions(lab.processed).iloc[:1]
+    store.write_sessions(lab.processed, frame, "America/New_York")
+    sizes = _records_read(monkeypatch)
+    lab.add("d3/r1", [session("R1", date="03/04/26", left=[4], infusions=[4])])
+    run(lab)
+    assert sizes == [5]
+    assert len(store.read_sessions(lab.processed)) == 5
+    assert _sessions_bytes(lab) != good and path.exists()

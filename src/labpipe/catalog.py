@@ -25,7 +25,7 @@ from typing import Any
 from labpipe.errors import DataError, EnvironmentFailure
 from labpipe.fsio import free_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -98,7 +98,13 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) STRICT;
-"""
+-- A stored session changed or went: sessions.parquet cannot be extended, only rebuilt.
+CREATE TRIGGER IF NOT EXISTS sessions_deleted AFTER DELETE ON sessions BEGIN {bump} END;
+CREATE TRIGGER IF NOT EXISTS sessions_updated AFTER UPDATE ON sessions BEGIN {bump} END;
+""".format(
+    bump="INSERT INTO meta (key, value) VALUES ('sessions_epoch', '1') ON CONFLICT (key)"
+    " DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT);"
+)
 
 
 _INSERT_FILE = (
@@ -142,6 +148,15 @@ class FileRow:
     reason: str | None
     config_fingerprint: str | None
     parser_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsState:
+    """Where the stored sessions stand (see :meth:`Catalog.sessions_state`)."""
+
+    epoch: int
+    rows: int
+    last: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +277,26 @@ class Catalog:
             out.extend(StoredSession(*r) for r in rows)
         return out
 
-    def session_records(self) -> list[dict[str, Any]]:
-        """Return the stored session records (JSON decoded), in session_id order."""
-        rows = self.con.execute("SELECT record FROM sessions ORDER BY session_id")
-        return [json.loads(r[0]) for r in rows]
+    def session_records(self, after: int = 0) -> list[str]:
+        """Return the stored session records (JSON text) inserted after rowid ``after``."""
+        rows = self.con.execute("SELECT record FROM sessions WHERE rowid > ?", (after,))
+        return [r[0] for r in rows]
+
+    def sessions_state(self, upto: int | None = None) -> SessionsState:
+        """Describe the stored sessions, so that a table built from them can be extended.
+
+        ``epoch`` grows whenever a stored session is deleted or updated; ``rows`` counts
+        the sessions with a rowid up to ``upto`` (all when None), the greatest of which is
+        ``last``. While ``epoch`` stays and ``rows`` up to ``last`` stays, the sessions a
+        table was built from are all still there, unchanged, and every newer one has a
+        greater rowid (SQLite gives a new row the greatest rowid plus one).
+        """
+        epoch = int(self.meta("sessions_epoch") or 0)
+        where = "" if upto is None else f" WHERE rowid <= {int(upto)}"
+        rows, last = self.con.execute(
+            f"SELECT count(*), coalesce(max(rowid), 0) FROM sessions{where}"  # noqa: S608
+        ).fetchone()
+        return SessionsState(epoch=epoch, rows=rows, last=last)
 
     def stored_sides(self) -> dict[str, str]:
         """Return subject -> active lever as recorded for subjects with stored sessions."""

@@ -27,6 +27,7 @@ Raw files are opened read-only and never modified, renamed or removed.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -380,10 +381,57 @@ def _run(
         or not (processed / "sessions.parquet").exists()
         or (cat.meta("sessions_built_with") != cfg.fingerprint)
     ):
-        frame = sessions_frame(cat.session_records(), cfg)
-        store.write_sessions(processed, frame, cfg.timezone)
-        with cat.transaction() as con:
-            cat.set_meta(con, "sessions_built_with", cfg.fingerprint)
+        write_sessions_table(cfg, cat)
+
+
+def write_sessions_table(cfg: Experiment, cat: Catalog) -> None:
+    """Rewrite ``sessions.parquet`` from the catalog and the config.
+
+    The records of the sessions the current file was built from are taken from the file
+    itself when the catalog shows they are all still stored, unchanged (see
+    :meth:`labpipe.catalog.Catalog.sessions_state`, and the file's sha256 as written), so
+    a nightly run decodes only the new sessions' records; otherwise every record is read
+    from the catalog. Either way the file is byte-identical to one built from scratch.
+    """
+    processed = cfg.processed_dir
+    state = cat.sessions_state()
+    base = _sessions_base(cfg, cat)
+    if base is None:
+        records = store.records_frame(cat.session_records())
+    else:
+        old, last = base
+        new = store.records_frame(cat.session_records(after=last))
+        records = pd.concat([old, new], ignore_index=True) if len(new) else old
+    path = store.write_sessions(processed, sessions_frame(records, cfg), cfg.timezone)
+    built = {"epoch": state.epoch, "rows": state.rows, "last": state.last}
+    built["sha256"] = store.file_sha256(path)
+    crash_point("sessions_written")
+    with cat.transaction() as con:
+        cat.set_meta(con, "sessions_built_with", cfg.fingerprint)
+        cat.set_meta(con, "sessions_built_from", json.dumps(built, sort_keys=True))
+
+
+def _sessions_base(cfg: Experiment, cat: Catalog) -> tuple[pd.DataFrame, int] | None:
+    """Return the current ``sessions.parquet``'s records and the last rowid it covers.
+
+    None when the file cannot be extended and must be rebuilt.
+    """
+    try:
+        built = json.loads(cat.meta("sessions_built_from") or "null")
+    except ValueError:
+        return None
+    if not isinstance(built, dict) or not {"epoch", "rows", "last", "sha256"} <= set(built):
+        return None
+    now = cat.sessions_state(upto=int(built["last"]))
+    path = cfg.processed_dir / "sessions.parquet"
+    if (now.epoch, now.rows) != (built["epoch"], built["rows"]) or not path.exists():
+        return None
+    if store.file_sha256(path) != built["sha256"]:
+        return None  # rewritten or damaged since (a crash between the write and the record)
+    frame = store.read_sessions(cfg.processed_dir)[list(store.RECORD_FIELDS)]
+    for col in ("start", "end"):
+        frame[col] = frame[col].dt.tz_convert("UTC")
+    return frame, int(built["last"])
 
 
 def _derivation_key(cfg: Experiment, cat: Catalog) -> str:
@@ -725,12 +773,20 @@ def _session_row(s: worker.SessionResult, rel: str, run_id: str) -> dict[str, An
     }
 
 
-def sessions_frame(records: list[dict[str, Any]], cfg: Experiment) -> pd.DataFrame:
+def sessions_frame(records: pd.DataFrame, cfg: Experiment) -> pd.DataFrame:
     """Assemble ``sessions.parquet`` from stored records and the current config.
 
     Roster attributes (sex, group, cohort), phase and test (from the MSN rules),
     day_in_phase, session_index and intake come from the config as it is now, so a fixed
     group in the roster shows up without reading raw files again.
+
+    Parameters
+    ----------
+    records
+        The :data:`labpipe.store.RECORD_FIELDS` of every stored session (as
+        :func:`labpipe.store.records_frame` gives them), in any order.
+    cfg
+        The experiment.
 
     Returns
     -------
@@ -738,21 +794,25 @@ def sessions_frame(records: list[dict[str, Any]], cfg: Experiment) -> pd.DataFra
         The columns of :func:`labpipe.store.sessions_schema`, sorted by subject and start.
     """
     schema_cols = [f.name for f in store.sessions_schema(cfg.timezone)]
-    if not records:
+    if records.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in schema_cols})
-    df = pd.DataFrame.from_records(records)
+    df = records.reset_index(drop=True)
     roster = cfg.roster
     df["experiment"] = cfg.experiment
-    df["sex"] = [roster[s].sex if s in roster else None for s in df["subject"]]
-    df["group"] = [roster[s].group if s in roster else None for s in df["subject"]]
-    df["cohort"] = [roster[s].cohort if s in roster else None for s in df["subject"]]
-    rules = [cfg.match_phase(m) for m in df["msn"]]
-    df["phase"] = [str(r.phase) if r is not None else None for r in rules]
-    df["test"] = [r.test if r is not None else None for r in rules]
+    # Looked up once a distinct subject or MSN, not once a session.
+    codes, subjects = pd.factorize(df["subject"])
+    for attr in ("sex", "group", "cohort"):
+        per = [getattr(roster[s], attr) if s in roster else None for s in subjects]
+        df[attr] = np.array(per + [None], dtype=object)[codes]
+    codes, msns = pd.factorize(df["msn"], use_na_sentinel=True)
+    rules = [cfg.match_phase(m) for m in msns]
+    phase = [str(r.phase) if r is not None else None for r in rules]
+    test = [r.test if r is not None else None for r in rules]
+    df["phase"] = np.array(phase + [None], dtype=object)[codes]
+    df["test"] = np.array(test + [None], dtype=object)[codes]
     tz = cfg.timezone
     for col in ("start", "end"):
-        df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601").dt.tz_convert(tz)
-        df[col] = df[col].astype(f"datetime64[us, {tz}]")
+        df[col] = df[col].dt.tz_convert(tz).astype(f"datetime64[us, {tz}]")
     df = df.sort_values(["subject", "start", "session_id"], kind="stable").reset_index(drop=True)
     df["day_in_phase"] = df.groupby(["subject", "phase"], dropna=False).cumcount() + 1
     df["session_index"] = df.groupby("subject").cumcount() + 1

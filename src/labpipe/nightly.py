@@ -62,7 +62,7 @@ from typing import Any, cast
 
 import filelock
 
-from labpipe import fsio, pipeline, store
+from labpipe import fsio, store
 from labpipe import ingest as ingest_mod
 from labpipe.catalog import Catalog
 from labpipe.config import Experiment
@@ -518,6 +518,8 @@ def build_report_if_changed(cfg: Experiment, *, force: bool = False) -> ReportOu
         out.path = index
         return out
     logger.info("building the report", extra={"event": "report.start"})
+    from labpipe import pipeline  # the analysis stack: seconds to import, not for ingest
+
     written = pipeline.build_report(cfg)
     fsio.crash_point("mid_report")
     _remember_state(cfg, state)
@@ -541,6 +543,8 @@ def ready_for_test(cfg: Experiment) -> tuple[list[dict[str, Any]], str]:
         One dict per ready animal (subject, group, extinction sessions to criterion), and
         a sentence saying how the list was made (or why it is empty).
     """
+    from labpipe import pipeline  # the analysis stack: seconds to import, not for ingest
+
     try:
         if store.read_sessions(cfg.processed_dir).empty:
             return [], "no session is stored yet"
@@ -791,7 +795,7 @@ def _check_sessions(cfg: Experiment, cat: Catalog | None, report: VerifyReport) 
             "sessions.parquet was built with another config; the next ingest rewrites it"
         )
         return
-    frame = ingest_mod.sessions_frame(cat.session_records(), cfg)
+    frame = ingest_mod.sessions_frame(store.records_frame(cat.session_records()), cfg)
     with tempfile.TemporaryDirectory(prefix="labpipe-verify-") as tmp:
         expected = store.file_sha256(store.write_sessions(Path(tmp), frame, cfg.timezone))
     if store.file_sha256(path) != expected:

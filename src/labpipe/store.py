@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from labpipe.errors import DataError
@@ -86,6 +88,69 @@ def sessions_schema(timezone: str) -> pa.Schema:
             ("source_block", pa.int64()),
         ]
     )
+
+
+#: The columns of ``sessions.parquet`` copied from each stored session record (the JSON
+#: the catalog keeps, :attr:`labpipe.sessions.MappedSession.record`); the others
+#: (roster, phase, day numbers, intake) are computed from the config when it is written.
+RECORD_FIELDS = (
+    "session_id",
+    "subject",
+    "subject_raw",
+    "active_lever",
+    "box",
+    "msn",
+    "start",
+    "end",
+    "duration_min",
+    "dst_crossing",
+    "active",
+    "inactive",
+    "reinforcers",
+    "timeout_active",
+    "has_events",
+    "source_file",
+    "source_block",
+)
+
+
+def records_frame(records: Sequence[str]) -> pd.DataFrame:
+    """Parse stored session records (JSON objects) into the :data:`RECORD_FIELDS` columns.
+
+    Parsed by Arrow's JSON reader against the sessions schema (no Python per record);
+    ``start`` and ``end`` become UTC timestamps (the records carry their UTC offsets).
+
+    Parameters
+    ----------
+    records
+        One JSON object a session.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row a record, in order.
+    """
+    utc = sessions_schema("UTC")
+    fields = [
+        pa.field(name, pa.string() if name in ("start", "end") else utc.field(name).type)
+        for name in RECORD_FIELDS
+    ]
+    schema = pa.schema(fields)
+    if not records:
+        table = schema.empty_table()
+    else:
+        table = pa_json.read_json(
+            io.BytesIO("\n".join(records).encode()),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    frame = table.to_pandas()
+    for col in ("start", "end"):
+        frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601").astype(
+            "datetime64[us, UTC]"
+        )
+    return frame
 
 
 def _metadata(dataset: str) -> dict[bytes, bytes]:
