@@ -17,6 +17,7 @@ def _general(monkeypatch: pytest.MonkeyPatch, data: bytes) -> object:
         m.setattr(medpc, "_SMALL_ARRAY_CHARS", 0)
         m.setattr(medpc, "_SMALL_NEWLINE_BYTES", 0)
         m.setattr(medpc, "_VECTOR_ROWS", False)
+        m.setattr(medpc, "_QUICK_HEADER", False)
         try:
             return medpc.parse_medpc(data)
         except medpc.MedPCFormatError as exc:
@@ -73,6 +74,39 @@ def test_short_arrays_read_row_by_row_equal_the_bulk_reader(monkeypatch, seed):
     nl = rng.choice(["\r\n", "\n", "\r"])
     data = ("\n\r\r\n" if rng.random() < 0.5 else "") + nl.join(body) + nl
     _same(_general(monkeypatch, data.encode()), _fast(data.encode()))
+
+
+HEADER_LINES = [
+    "End Date: 03/02/26",
+    "Experiment: Coc 0.5 mg/kg",
+    "Group: ",
+    "Group:",
+    "Subject:M1",
+    "MSN: SA FR1",
+    "End Time:  9:29:07",
+    "Box : 3",
+    "Box: 4",
+    "Start Time:\t9:00:00",
+    "X1: y",
+    "Foo Bar: x: y",
+    "\\a comment",
+    "",
+    "   ",
+    "é: 1",
+    "Note:\tx\t",
+]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_plain_headers_read_in_one_pass_equal_the_line_by_line_reader(monkeypatch, seed):
+    rng = random.Random(seed)
+    head = ["Start Date: 03/02/26", "Subject: R1", "Box: 1", "Start Time: 9:00:00"]
+    head += [rng.choice(HEADER_LINES) for _ in range(rng.randint(0, 4))]
+    rng.shuffle(head)
+    body = ["File: C:\\x", "", *head, "A: 1", "B:", "     0:      1.000"]
+    nl = rng.choice(["\r\n", "\n"])
+    data = (nl.join(body) + nl).encode()
+    _same(_general(monkeypatch, data), _fast(data))
 
 
 def test_line_end_styles_of_small_files_equal_the_numpy_classification(monkeypatch):

@@ -179,6 +179,9 @@ _SAVE_AS = "Open it in Notepad and save it again with Encoding 'ANSI' or 'UTF-8'
 _BLOCK_RE = re.compile(r"\n(Start Date|File)[ \t]*:([^\n]*)")
 _VAR_RE = re.compile(r"\n([A-Z]):([^\n]*)")
 _HEADER_RE = re.compile(r"([A-Za-z][A-Za-z ]*[A-Za-z])[ \t]*:(.*)")
+_HEADER_LINE_RE = re.compile(r"\n([A-Za-z][A-Za-z ]*[A-Za-z])[ \t]*:([^\n]*)")
+#: Read plain headers with one regex pass (tests switch it off to compare paths).
+_QUICK_HEADER = True
 _ROW_START_RE = re.compile(r"[ \t]*\d+:")
 _LABEL_RE = re.compile(r"\n[ \t]*\d+:")
 _COMMENT_RE = re.compile(r"^\\([^\n]*)$", re.M)
@@ -360,6 +363,15 @@ def _parse_header(
     Returns the fields, the comment lines (text, position) and the position of the first
     line that is not a header line (``None`` when every line was).
     """
+    if _QUICK_HEADER and 0 < start < end <= len(text) and text[start - 1] == text[end - 1] == "\n":
+        # The usual header: every line a `Name: value` field, no comment, no blank line,
+        # no name twice. One regex pass; anything else is read line by line below.
+        head = text[start - 1 : end - 1]
+        if "\\" not in head:
+            fields = _HEADER_LINE_RE.findall(head)
+            quick = {name: value.strip() for name, value in fields}
+            if len(quick) == len(fields) == head.count("\n"):
+                return quick, [], None
     header: dict[str, str] = {}
     comments: list[tuple[str, int]] = []
     pos = start
@@ -469,33 +481,43 @@ def _parse_small_rows(segment: str, limits: Limits) -> np.ndarray | None:
     that ``float`` reads and that are finite), so both give the same array; whatever it
     does not accept goes to the bulk path, which names the problem.
     """
-    if not segment.isascii() or "_" in segment:
-        return None
+    read = _small_arrays([segment], limits)
+    return None if read is None else read[0]
+
+
+def _small_arrays(segments: Sequence[str], limits: Limits) -> list[np.ndarray] | None:
+    """Read several short arrays row by row with one conversion; None on any doubt."""
     tokens: list[str] = []
-    for line in segment.split("\n"):
-        label, colon, rest = line.partition(":")
-        if not colon:
-            if line.strip():
-                return None
-            continue
-        values = rest.split()
-        if (
-            not values
-            or ":" in rest
-            or not label.lstrip(" \t").isdigit()
-            or int(label) != len(tokens)
-        ):
+    ends: list[int] = []
+    for segment in segments:
+        if not segment.isascii() or "_" in segment:
             return None
-        tokens.extend(values)
-    if len(tokens) > limits.max_array_values:
-        return None
+        first = len(tokens)
+        for line in segment.split("\n"):
+            label, colon, rest = line.partition(":")
+            if not colon:
+                if line.strip():
+                    return None
+                continue
+            values = rest.split()
+            if (
+                not values
+                or ":" in rest
+                or not label.lstrip(" \t").isdigit()
+                or int(label) != len(tokens) - first
+            ):
+                return None
+            tokens.extend(values)
+        if len(tokens) - first > limits.max_array_values:
+            return None
+        ends.append(len(tokens))
     try:
         flat = np.array(list(map(float, tokens)), dtype=np.float64)
     except ValueError:
         return None
     if not np.isfinite(flat).all():
         return None
-    return flat
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 #: Powers of ten, exact as int64 and as float64.
@@ -743,10 +765,7 @@ def _read_arrays(pending: list[_Pending], limits: Limits) -> list[np.ndarray] | 
         return None
     total = sum(len(segment) for _, _, segment, _ in pending)
     if total < _BATCH_MIN_CHARS:
-        try:
-            return [_parse_rows(letter, seg, at, limits) for _, letter, seg, at in pending]
-        except _BlockError:
-            return None
+        return _small_arrays([segment for _, _, segment, _ in pending], limits)
     arrays: list[np.ndarray] = []
     group: list[str] = []
     size = 0
