@@ -597,20 +597,33 @@ def _vector_rows(segments: Sequence[str], bases: Sequence[int]) -> list[np.ndarr
     length = digits_end - starts
     if int(np.count_nonzero(signed)) != n_signs or int(length.max()) > 18:
         return None  # a sign inside a number, or a number too long for the fast path
-    # The dot of each token, looked for 0, 1, 2 ... characters before its digits end.
     frac = np.zeros(n_tokens, dtype=np.int64)
     dotted = np.zeros(n_tokens, dtype=bool)
-    found = 0
-    for back in range(18):
-        if found == n_dots:
-            break
-        at = digits_end - 1 - back
-        hit = (b[at] == 46) & (at >= starts) & ~dotted
-        frac[hit] = back
-        dotted |= hit
-        found += int(np.count_nonzero(hit))
-    if found != n_dots or np.any((dotted | signed)[labels]) or np.any(power[labels]):
-        return None  # two dots in a token, or a label that is not bare digits
+    if n_dots * 8 < n_tokens:
+        # Few dots (integer rows): find each dot's token.
+        dots = np.flatnonzero(b == 46)
+        owner = np.searchsorted(ends, dots, side="right")
+        back = digits_end[owner] - 1 - dots
+        if np.any(np.diff(owner) == 0) or np.any(back < 0):
+            return None  # two dots in a token, or a dot in the exponent
+        frac[owner] = back
+        dotted[owner] = True
+    else:
+        # Mostly decimals: each token's dot, looked for 0, 1, 2 ... characters before
+        # its digits end (all of %.3f's in four passes).
+        found = 0
+        for back in range(18):
+            if found == n_dots:
+                break
+            at = digits_end - 1 - back
+            hit = (b[at] == 46) & (at >= starts) & ~dotted
+            frac[hit] = back
+            dotted |= hit
+            found += int(np.count_nonzero(hit))
+        if found != n_dots:
+            return None  # two dots in a token, or a dot in the exponent
+    if np.any((dotted | signed)[labels]) or np.any(power[labels]):
+        return None  # a label that is not bare digits
     # Tokens of one shape (length, dot place, sign) have their digits in the same columns.
     shape = (length * 32 + np.where(dotted, frac, 31)) * 2 + signed
     mantissa = np.empty(n_tokens, dtype=np.int64)
@@ -627,8 +640,11 @@ def _vector_rows(segments: Sequence[str], bases: Sequence[int]) -> list[np.ndarr
     scale = power - frac
     if int(mantissa.max()) > 2**53 or int(np.abs(scale).max()) > 22:
         return None
+    values = mantissa.astype(np.float64)
+    down = scale < 0
+    if down.any():
+        values[down] /= _POW10_FLOAT[-scale[down]]
     up = scale > 0
-    values = mantissa.astype(np.float64) / _POW10_FLOAT[np.where(up, 0, -scale)]
     if up.any():
         values[up] *= _POW10_FLOAT[scale[up]]
     negative = b[starts] == 45
@@ -646,7 +662,8 @@ def _vector_rows(segments: Sequence[str], bases: Sequence[int]) -> list[np.ndarr
     if not np.array_equal(values[labels], before - offset[seg_of_row]):
         return None
     flat = np.delete(values, labels)
-    return np.split(flat, before[first_row[1:]])
+    bounds = [*before[first_row[1:]].tolist(), len(flat)]
+    return [flat[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
 
 
 def _parse_rows(letter: str, segment: str, base: int, limits: Limits) -> np.ndarray:
