@@ -385,3 +385,45 @@ def test_a_damaged_or_replaced_sessions_file_is_never_extended(tmp_path, monkeyp
     assert sizes == [5]
     assert len(store.read_sessions(lab.processed)) == 5
     assert _sessions_bytes(lab) != good and path.exists()
+
+
+# ---- mapping: the order of events and the time-out rule, whatever the session's size ----
+
+
+def test_events_at_the_same_tick_are_ordered_by_name_then_as_logged(lab):
+    from labpipe.sessions import map_session
+
+    cfg = load_config(lab.config)
+    # R1 (left active): five events logged at tick 100 in no particular order, code 9 has
+    # no name in the config, then two presses at tick 50 logged after them.
+    events = [(100, 4), (100, 9), (100, 3), (100, 2), (100, 1), (50, 2), (50, 1)]
+    mapped = map_session(event_session("R1", events=events), cfg, source_file="x")
+    assert mapped.event_t.tolist() == [0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert mapped.event_name.tolist() == [
+        "active_press",
+        "inactive_press",
+        "active_press",
+        "code_9",
+        "cue_on",
+        "inactive_press",
+        "reinforcer",
+    ]
+    assert mapped.event_t.dtype == np.float64 and mapped.event_name.dtype == object
+
+
+@pytest.mark.parametrize("n", [3, 400])
+def test_time_out_presses_logged_twice_count_once_in_short_and_long_sessions(lab, n):
+    from labpipe.sessions import map_session
+
+    cfg = load_config(lab.config)
+    # n active presses (code 1) at ticks 10, 20, ...; every other one also logged as a
+    # time-out press (code 5) at the same tick; plus n time-out presses logged only as
+    # code 5, at ticks 5, 15, ...
+    ticks = [10 * (i + 1) for i in range(n)]
+    events = [(t, 1) for t in ticks] + [(t, 5) for t in ticks[::2]]
+    events += [(t - 5, 5) for t in ticks]
+    mapped = map_session(event_session("R1", events=events), cfg, source_file="x")
+    assert mapped.record["active"] == 2 * n
+    assert mapped.record["timeout_active"] == n + len(ticks[::2])
+    active = mapped.event_t[mapped.event_name == "active_press"]
+    assert active.tolist() == sorted(t * 0.01 for t in ticks + [t - 5 for t in ticks])

@@ -162,10 +162,16 @@ def read_file(item: Item, cfg: Experiment) -> tuple[FileResult, list[_Values]]:
             res.error = (exc.reason_code, f"line {raw.line}: {exc}")
         else:
             res.subject = mapped.record["subject"]
-            res.record = json.dumps(mapped.record, sort_keys=True)
+            res.record = _RECORD_JSON.encode(mapped.record)
             values.append(_Values(ident.session_id, mapped.event_t, mapped.event_name, raw))
         out.sessions.append(res)
     return out, values
+
+
+#: ``json.dumps(record, sort_keys=True)``, with one encoder for every session. A record is
+#: one flat dict of strings, numbers, booleans and None: it cannot refer to itself, so the
+#: circular-reference check (the only difference) has nothing to find.
+_RECORD_JSON = json.JSONEncoder(sort_keys=True, check_circular=False)
 
 
 def _without_source(message: str, rel: str) -> str:
@@ -250,35 +256,41 @@ def _variables_columns(
     ordered: list[_Values],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     names: list[str] = []
-    sizes: list[int] = []
-    index: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    per_session: list[int] = []
+    n_vars: list[int] = []  # per session
+    sizes: list[int] = []  # per variable: its slots, 1 for a scalar
+    arrays: list[np.ndarray] = []
+    scalar_at: list[int] = []  # which variables (positions in ``sizes``) are scalars
+    scalars: list[float] = []
     for v in ordered:
-        n = 0
-        for letter, value in v.raw.variables.items():  # type: ignore[attr-defined]
-            names.append(letter)
+        variables = v.raw.variables  # type: ignore[attr-defined]
+        n_vars.append(len(variables))
+        names.extend(variables)
+        for value in variables.values():
             if isinstance(value, np.ndarray):
                 sizes.append(value.size)
-                index.append(np.arange(value.size, dtype=np.int64))
-                vals.append(value.astype(np.float64, copy=False))
-                n += value.size
+                arrays.append(value)
             else:
-                # A scalar: index -1, stored as null.
+                scalar_at.append(len(sizes))
                 sizes.append(1)
-                index.append(_MINUS_ONE)
-                vals.append(np.array([value], dtype=np.float64))
-                n += 1
-        per_session.append(n)
+                scalars.append(value)
     if not names:
         return np.empty(0, object), np.empty(0, object), np.empty(0, np.int64), np.empty(0)
-    ids = np.repeat(np.array([v.session_id for v in ordered], dtype=object), per_session)
+    counts = np.array(sizes, dtype=np.int64)
+    ids = np.repeat(np.array([v.session_id for v in ordered], dtype=object), n_vars)
+    starts = np.cumsum(counts) - counts
+    first = starts[scalar_at]  # the slot of each scalar
+    # Each array's slots are numbered from 0; a scalar's index is -1 (stored as null).
+    index = np.arange(int(starts[-1] + counts[-1]), dtype=np.int64) - np.repeat(starts, counts)
+    index[first] = -1
+    values = np.empty(index.size, dtype=np.float64)
+    values[first] = np.array(scalars, dtype=np.float64)
+    if arrays:
+        in_array = np.ones(index.size, dtype=bool)
+        in_array[first] = False
+        values[in_array] = np.concatenate(arrays, dtype=np.float64, casting="unsafe")
     return (
-        ids,
-        np.repeat(np.array(names, dtype=object), sizes),
-        np.concatenate(index),
-        np.concatenate(vals),
+        np.repeat(ids, counts),
+        np.repeat(np.array(names, dtype=object), counts),
+        index,
+        values,
     )
-
-
-_MINUS_ONE = np.array([-1], dtype=np.int64)
