@@ -241,13 +241,38 @@ class Catalog:
 
     # ---- reads -------------------------------------------------------------------------
 
-    def files(self) -> dict[str, FileRow]:
-        """Return every known raw file by path."""
-        rows = self.con.execute(
+    def files(self, paths: Sequence[str] | None = None) -> dict[str, FileRow]:
+        """Return the known raw files among ``paths`` (all when None), by path."""
+        query = (
             "SELECT path, size, mtime_ns, sha256, status, reason_code, reason,"
             " config_fingerprint, parser_version FROM files"
         )
-        return {row.path: row for row in map(FileRow._make, rows)}
+        if paths is None:
+            return {row.path: row for row in map(FileRow._make, self.con.execute(query))}
+        out: dict[str, FileRow] = {}
+        paths = list(paths)
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            rows = self.con.execute(f"{query} WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((row.path, row) for row in map(FileRow._make, rows))
+        return out
+
+    def settled_files(
+        self, config_fingerprint: str, parser_version: str
+    ) -> dict[str, tuple[int, int]]:
+        """Return path -> (size, mtime_ns) of the files a run need not read while unchanged.
+
+        Those are the ingested and duplicate files, and the set-aside ones read with this
+        config and parser (reading them again would set them aside again). Plain tuples: a
+        nightly run compares 10⁵ of them with what it finds on disk.
+        """
+        rows = self.con.execute(
+            "SELECT path, size, mtime_ns FROM files WHERE status IN ('ingested', 'duplicate')"
+            " OR (status IN ('quarantined', 'partial') AND config_fingerprint = ?"
+            " AND parser_version = ?)",
+            (config_fingerprint, parser_version),
+        )
+        return {path: (size, mtime_ns) for path, size, mtime_ns in rows}
 
     def by_identity(self, identities: Sequence[str]) -> dict[str, StoredSession]:
         """Return stored sessions whose identity is among ``identities``."""

@@ -331,22 +331,14 @@ def _run(
     with cat.transaction() as con:
         cat.replace_corrections(con, cfg.corrections)
 
-    known = cat.files()
+    settled = cat.settled_files(cfg.fingerprint, PARSER_VERSION)
     todo: list[tuple[str, str, int, int]] = []
     now_ns = time.time_ns()
     pending_rows: list[dict[str, Any]] = []
     for path, rel, size, mtime_ns in _scan(cfg.raw_dir):
         summary.files_seen += 1
-        row = known.get(rel)
-        if row is not None and row.size == size and row.mtime_ns == mtime_ns:
-            if row.status in ("ingested", "duplicate"):
-                continue
-            if (
-                row.status in ("quarantined", "partial")
-                and row.config_fingerprint == cfg.fingerprint
-                and row.parser_version == PARSER_VERSION
-            ):
-                continue
+        if settled.get(rel) == (size, mtime_ns):
+            continue  # unchanged since it was read
         if settle > 0 and (now_ns - mtime_ns) < settle * 1e9:
             summary.pending.append(rel)
             pending_rows.append(
@@ -354,6 +346,10 @@ def _run(
             )
             continue
         todo.append((path, rel, size, mtime_ns))
+    del settled
+    # What the catalog already knows of the files to do (new, changed, pending, or set
+    # aside with another config): rows to update rather than insert.
+    known = cat.files([t[1] for t in todo] + [p["path"] for p in pending_rows])
     if pending_rows:
         with cat.transaction() as con:
             for prow in pending_rows:
