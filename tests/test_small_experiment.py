@@ -144,3 +144,14 @@ def test_the_report_builds_for_the_small_experiment(small):
     assert (cfg.reports_dir / "index.html") in written
     html = (cfg.reports_dir / "index.html").read_text(encoding="utf-8")
     assert "R6" in html
+
+
+def test_the_report_is_the_same_from_several_processes(small):
+    # Large experiments compute the statistics in worker processes and draw the figures in
+    # a process of their own; forced here on the small one, every file must be the same.
+    cfg, _ = small
+    alone = pipeline.build_report(cfg, workers=1)
+    expected = {p: p.read_bytes() for p in alone}
+    spread = pipeline.build_report(cfg, workers=2)
+    assert spread == alone
+    assert {p: p.read_bytes() for p in spread} == expected

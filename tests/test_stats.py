@@ -520,6 +520,22 @@ def test_deterministic() -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_worker_processes_give_the_same_table() -> None:
+    # Large experiments run the analyses in worker processes: the same rows, same order.
+    s = pd.concat(
+        [
+            sessions_from("lmm_unbalanced.csv"),
+            sessions_from("lmm_balanced.csv", "extinction", lean=True),
+        ],
+        ignore_index=True,
+    )
+    t = pd.concat([rein_tests_from(), rein_tests_from(test="stress")], ignore_index=True)
+    serial = stats.phase_statistics(s, t, factors=["group", "sex"], workers=1)
+    parallel = stats.phase_statistics(s, t, factors=["group", "sex"], workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert set(serial["analysis"]) >= {"mixed_anova", "lmm", "gee_nb", "posthoc"}
+
+
 # ---------------------------------------------------------------- missing data, edge cases
 
 

@@ -37,6 +37,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -308,16 +309,21 @@ def _spread(values: np.ndarray, y_span: float, step: float = 0.07) -> np.ndarray
     vals = values.astype(float)
     offsets = np.zeros(len(vals))
     near = 0.04 * y_span if y_span > 0 else 0.0
-    placed: list[tuple[float, float]] = []
+    placed_x = np.empty(len(vals))
+    placed_y = np.empty(len(vals))
+    n_placed = 0
     candidates = [0.0] + [s * k * step for k in range(1, 6) for s in (1, -1)]
     for i in np.argsort(vals, kind="stable"):
         if not np.isfinite(vals[i]):
             continue
+        # offsets of the placed points whose values are too close to this one
+        close = placed_x[:n_placed][np.abs(vals[i] - placed_y[:n_placed]) < near]
         for dx in candidates:
-            if all(abs(dx - px) > step / 2 or abs(vals[i] - py) >= near for px, py in placed):
+            if not np.any(np.abs(dx - close) <= step / 2):
                 break
         offsets[i] = dx
-        placed.append((dx, vals[i]))
+        placed_x[n_placed], placed_y[n_placed] = dx, vals[i]
+        n_placed += 1
     return offsets
 
 
@@ -864,19 +870,10 @@ def _reinstatement(
                         ax, [x], agg, color="0.15", linestyle="none", elinewidth=0.8, zorder=5
                     )
                 jitter = np.linspace(-0.06, 0.06, len(sub)) if len(sub) > 1 else np.zeros(1)
-                ok = np.isfinite(base) & np.isfinite(test_v)
-                for j in np.flatnonzero(ok):
-                    ax.plot(
-                        [xb + jitter[j], xt + jitter[j]],
-                        [base[j], test_v[j]],
-                        color="0.35",
-                        linewidth=0.45,
-                        marker=_marker(groups, g),
-                        markersize=2.4,
-                        markerfacecolor="0.35",
-                        markeredgewidth=0,
-                        alpha=0.85,
-                        zorder=4,
+                ok = np.flatnonzero(np.isfinite(base) & np.isfinite(test_v))
+                if len(ok):
+                    _animal_lines(
+                        ax, xb + jitter[ok], base[ok], xt + jitter[ok], test_v[ok], groups, g
                     )
             n = one.groupby("group", observed=True)["subject"].nunique()
             ax.set_xticks(range(len(shown)), [_tick_label(g, int(n.get(g, 0))) for g in shown])
@@ -908,6 +905,47 @@ def _reinstatement(
         "y-axis scale in every panel."
     )
     return fig, "reinstatement", "Reinstatement: baseline vs test", caption, "reinstatement"
+
+
+def _animal_lines(
+    ax: Axes,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    groups: Sequence[str],
+    group: str,
+) -> None:
+    """Join each animal's (x0, y0) and (x1, y1) by a line with a marker at both ends.
+
+    Two artists for all the animals of a group, not one per animal: the segments as one
+    collection (each segment still its own path, so crossings blend as separate lines) and
+    the end points as one marker-only line. Lines and markers share colour and alpha, so
+    the order in which they are painted does not change the picture.
+    """
+    style: dict[str, Any] = {"color": "0.35", "alpha": 0.85, "zorder": 4}
+    segments = np.stack([np.column_stack([x0, y0]), np.column_stack([x1, y1])], axis=1)
+    ax.add_collection(
+        LineCollection(
+            segments,
+            linewidths=0.45,
+            linestyles="solid",
+            capstyle=mpl.rcParams["lines.solid_capstyle"],
+            joinstyle=mpl.rcParams["lines.solid_joinstyle"],
+            **style,
+        ),
+        autolim=True,
+    )
+    ax.plot(
+        np.column_stack([x0, x1]).ravel(),
+        np.column_stack([y0, y1]).ravel(),
+        linestyle="none",
+        marker=_marker(groups, group),
+        markersize=2.4,
+        markerfacecolor="0.35",
+        markeredgewidth=0,
+        **style,
+    )
 
 
 def _time_course(

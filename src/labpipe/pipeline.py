@@ -4,12 +4,21 @@
 calls. It reads the committed datasets, computes the tables once, and hands the same
 tables to the figures and to the report writer, so the figures show exactly the numbers
 of the tables.
+
+A large experiment (:data:`labpipe.stats.POOL_MIN_ANIMALS` animals or more) uses every
+CPU: the statistics run in this process and worker processes, then the figures are drawn
+in a process of their own while this one writes the tables. The files are the same as
+from one process.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import multiprocessing
+import os
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +46,16 @@ class Analysis:
     events: pd.DataFrame
 
 
-def analyse(cfg: Experiment) -> Analysis:
+def analyse(cfg: Experiment, *, workers: int | None = None) -> Analysis:
     """Compute measures, criteria, baselines and statistics from the stored datasets.
 
     Parameters
     ----------
     cfg
         The experiment.
+    workers
+        Processes for the statistics (see :func:`labpipe.stats.phase_statistics`); the
+        tables are the same for any number.
 
     Returns
     -------
@@ -67,6 +79,7 @@ def analyse(cfg: Experiment) -> Analysis:
         tests,
         factors=cfg.analysis.factors,
         test_types=[r.test for r in cfg.phases if r.test is not None],
+        workers=workers,
     )
     with Catalog(processed / "catalog.sqlite") as cat:
         aside = pd.DataFrame(
@@ -143,24 +156,32 @@ def raw_file_count(cfg: Experiment) -> int:
         return sum(n for k, n in cat.counts().items() if k != "sessions")
 
 
-def build_report(cfg: Experiment) -> list[Path]:
+def build_report(cfg: Experiment, *, workers: int | None = None) -> list[Path]:
     """Write ``reports/<experiment>/``: figures, tables, XLSX, methods and index.html.
 
     Parameters
     ----------
     cfg
         The experiment.
+    workers
+        Processes to use. ``None``: every CPU for an experiment of
+        :data:`labpipe.stats.POOL_MIN_ANIMALS` animals or more, else this process only;
+        1: this process only. The files written are the same for any number.
 
     Returns
     -------
     list of Path
-        Every file written.
+        Every file written: the figures, the tables, ``methods.md``, ``index.html``.
     """
-    analysis = analyse(cfg)
+    analysis = analyse(cfg, workers=workers)
     out_dir = cfg.reports_dir
     groups = sorted({a.group for a in cfg.roster.values()})
-    figs = figures.make_figures(
-        analysis.tables, analysis.events, out_dir=out_dir / "figures", group_order=groups
+    draw = functools.partial(
+        figures.make_figures,
+        analysis.tables,
+        analysis.events,
+        out_dir=out_dir / "figures",
+        group_order=groups,
     )
     context = report.ReportContext(
         experiment=cfg.experiment,
@@ -179,9 +200,35 @@ def build_report(cfg: Experiment) -> list[Path]:
             "aborted_fraction": cfg.analysis.aborted_fraction,
         },
     )
+    if not _draw_aside(analysis, workers):
+        figs = draw()
+        written = [p for f in figs for p in f.paths.values()]
+        written += report.write_report(
+            out_dir, tables=analysis.tables, figures=figs, context=context
+        )
+        return written
+    # The figures do not need the tables' files nor the other way round: draw them in a
+    # process of their own while this one writes the CSV files and the XLSX.
+    aside = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        drawing = aside.submit(draw)
+        tables_written = report.write_tables(out_dir, tables=analysis.tables, context=context)
+        figs = drawing.result()
+    finally:
+        aside.shutdown(wait=True, cancel_futures=True)
     written = [p for f in figs for p in f.paths.values()]
-    written += report.write_report(out_dir, tables=analysis.tables, figures=figs, context=context)
+    written += tables_written
+    written += report.write_pages(out_dir, tables=analysis.tables, figures=figs, context=context)
     return written
+
+
+def _draw_aside(analysis: Analysis, workers: int | None) -> bool:
+    """Whether to draw the figures in a process of their own (see :func:`build_report`)."""
+    if workers is not None:
+        return workers > 1
+    sessions = analysis.tables["sessions"]
+    animals = sessions["subject"].nunique() if "subject" in sessions else 0
+    return animals >= stats.POOL_MIN_ANIMALS and (os.cpu_count() or 1) > 1
 
 
 def _criteria_text(cfg: Experiment) -> list[str]:

@@ -45,7 +45,14 @@ from labpipe import fsio
 from labpipe.errors import ConfigError, InternalError
 from labpipe.figures import FigureInfo
 
-__all__ = ["TABLE_ORDER", "ReportContext", "export_tables", "write_report"]
+__all__ = [
+    "TABLE_ORDER",
+    "ReportContext",
+    "export_tables",
+    "write_pages",
+    "write_report",
+    "write_tables",
+]
 
 #: Tables in the order they are written (CSV files, XLSX sheets); others follow by name.
 TABLE_ORDER: tuple[str, ...] = ("sessions", "subjects", "tests", "stats", "time_bins", "set_aside")
@@ -180,6 +187,8 @@ def write_report(
 ) -> list[Path]:
     """Write ``index.html``, ``methods.md``, ``tables/*.csv`` and ``tables/labpipe.xlsx``.
 
+    The same as :func:`write_tables` then :func:`write_pages`, after checking the figures.
+
     Parameters
     ----------
     out_dir
@@ -206,19 +215,91 @@ def write_report(
     EnvironmentFailure
         When the disk refuses a write.
     """
-    for fig in figures:
-        if _ACTIVE_MARKUP.search(fig.svg):
-            raise InternalError(f"Figure {fig.key!r} holds markup that could run in a browser.")
+    _check_figures(figures)
+    written = write_tables(out_dir, tables=tables, context=context)
+    written += write_pages(out_dir, tables=tables, figures=figures, context=context)
+    return written
+
+
+def write_tables(
+    out_dir: Path, *, tables: Mapping[str, pd.DataFrame], context: ReportContext
+) -> list[Path]:
+    """Write ``tables/*.csv`` and ``tables/labpipe.xlsx``: the first half of the report.
+
+    It needs no figure, so a caller may draw the figures meanwhile; :func:`write_pages`
+    then writes the pages that show both.
+
+    Parameters
+    ----------
+    out_dir
+        The report folder (``reports/<experiment>/``); created when missing.
+    tables
+        labpipe's analysis tables; missing ones are left out.
+    context
+        Run and experiment facts (the XLSX README sheet).
+
+    Returns
+    -------
+    list of Path
+        The CSV files, then the XLSX.
+
+    Raises
+    ------
+    EnvironmentFailure
+        When the disk refuses a write.
+    """
     written = export_tables(tables, "csv", out_dir / "tables")
     written += _write_xlsx(out_dir / "tables" / "labpipe.xlsx", tables, context)
+    return written
+
+
+def write_pages(
+    out_dir: Path,
+    *,
+    tables: Mapping[str, pd.DataFrame],
+    figures: Sequence[FigureInfo],
+    context: ReportContext,
+) -> list[Path]:
+    """Write ``methods.md`` and ``index.html``: the second half of the report.
+
+    Call it after :func:`write_tables`: the page links the tables.
+
+    Parameters
+    ----------
+    out_dir
+        The report folder; figures are expected (already written) in ``out_dir / "figures"``.
+    tables
+        The tables given to :func:`write_tables`.
+    figures
+        The figures, in the order to show them.
+    context
+        Run and experiment facts for the summary, methods and provenance.
+
+    Returns
+    -------
+    list of Path
+        ``methods.md``, then ``index.html``.
+
+    Raises
+    ------
+    InternalError
+        When a figure's SVG holds markup that could run in a browser.
+    EnvironmentFailure
+        When the disk refuses a write.
+    """
+    _check_figures(figures)
     paragraphs = _methods(tables, context)
     methods_md = out_dir / "methods.md"
     fsio.write_text(methods_md, _methods_markdown(context, paragraphs))
-    written.append(methods_md)
     index = out_dir / "index.html"
     fsio.write_text(index, _render_html(tables, figures, context, paragraphs, out_dir))
-    written.append(index)
-    return written
+    return [methods_md, index]
+
+
+def _check_figures(figures: Sequence[FigureInfo]) -> None:
+    for fig in figures:
+        if _ACTIVE_MARKUP.search(fig.svg):
+            raise InternalError(f"Figure {fig.key!r} holds markup that could run in a browser.")
 
 
 def export_tables(
@@ -307,6 +388,11 @@ def _csv_bytes(df: pd.DataFrame) -> bytes:
             continue
         if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series):
             continue
+        if isinstance(series.dtype, pd.StringDtype):
+            # text only (or missing): the same guard as _csv_guard, for the whole column
+            guard = series.str.lstrip(" ").str.startswith(_CSV_TRIGGERS).fillna(False)
+            out[col] = series.where(~guard.astype(bool), "'" + series).astype(object)
+            continue
         # only text cells are guarded; a number or a date in an object column is left alone
         out[col] = series.map(
             lambda v: (
@@ -375,13 +461,50 @@ def _sheet_name(name: str, used: set[str]) -> str:
     return candidate
 
 
+def _column_plan(ws: Any, series: pd.Series, fmt: _Formats) -> tuple[Any, list[Any], Any]:
+    """How to write one column: (worksheet method or None, values, cell format).
+
+    For the common dtypes the type test of :func:`_write_cell` is made once per column and
+    a value of ``None`` means a blank cell; any other column (method None) goes through
+    :func:`_write_cell` value by value. Either way each cell gets the same call as before.
+    """
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        arr = series.to_numpy()
+        finite = np.isfinite(arr).tolist()
+        values = [v if ok else None for v, ok in zip(arr.tolist(), finite, strict=True)]
+        return ws.write_number, values, None
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return ws.write_number, series.to_numpy().tolist(), None
+    if isinstance(dtype, np.dtype) and dtype.kind == "b":
+        return ws.write_boolean, series.to_numpy().tolist(), None
+    if isinstance(series.array, pd.arrays.IntegerArray | pd.arrays.BooleanArray):
+        write = ws.write_boolean if dtype.kind == "b" else ws.write_number
+        return write, [None if v is pd.NA else v for v in series.tolist()], None
+    if isinstance(dtype, pd.StringDtype):
+        return ws.write_string, [v if isinstance(v, str) else None for v in series.tolist()], None
+    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+        # Excel has no time zones: the wall-clock time of the chambers' zone is written
+        wall = series.dt.tz_localize(None) if isinstance(dtype, pd.DatetimeTZDtype) else series
+        missing = wall.isna().tolist()
+        stamps = [None if m else ts.to_pydatetime() for ts, m in zip(wall, missing, strict=True)]
+        return ws.write_datetime, stamps, fmt.datetime
+    return None, list(series), None
+
+
 def _write_frame(ws: Any, df: pd.DataFrame, fmt: _Formats) -> None:
     for c, name in enumerate(df.columns):
         ws.write_string(0, c, str(name), fmt.header)
         ws.set_column(c, c, min(max(len(str(name)) + 2, 10), 40))
-    for r, row in enumerate(df.itertuples(index=False, name=None), start=1):
-        for c, value in enumerate(row):
-            _write_cell(ws, r, c, value, fmt)
+    plans = [_column_plan(ws, df.iloc[:, c], fmt) for c in range(df.shape[1])]
+    # row by row, as a reader fills the sheet: the shared-string table keeps its order
+    for r in range(len(df)):
+        for c, (write, values, cell_fmt) in enumerate(plans):
+            value = values[r]
+            if write is None:
+                _write_cell(ws, r + 1, c, value, fmt)
+            elif value is not None:
+                write(r + 1, c, value, cell_fmt)
     ws.freeze_panes(1, 0)
 
 
@@ -411,10 +534,11 @@ def _prism_xy(ws: Any, df: pd.DataFrame, value: str, x_label: str, fmt: _Formats
     for c, (group, subject) in enumerate(columns.itertuples(index=False, name=None), start=1):
         ws.write_string(0, c, str(group), fmt.header)
         ws.write_string(1, c, str(subject), fmt.header)
-    for r, day in enumerate(wide.index, start=2):
-        _write_cell(ws, r, 0, day, fmt)
+    by_subject = {s: wide[s].tolist() for s in columns["subject"].unique()}
+    for i, day in enumerate(wide.index):
+        _write_cell(ws, i + 2, 0, day, fmt)
         for c, subject in enumerate(columns["subject"], start=1):
-            _write_cell(ws, r, c, wide.at[day, subject], fmt)
+            _write_cell(ws, i + 2, c, by_subject[subject][i], fmt)
     ws.freeze_panes(2, 1)
 
 
