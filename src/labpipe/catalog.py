@@ -241,21 +241,24 @@ class Catalog:
 
     # ---- reads -------------------------------------------------------------------------
 
-    def files(self, paths: Sequence[str] | None = None) -> dict[str, FileRow]:
-        """Return the known raw files among ``paths`` (all when None), by path."""
-        query = (
+    def files(self, paths: Sequence[str]) -> dict[str, FileRow]:
+        """Return the known raw files among ``paths``, by path."""
+        rows = self._select_in(
             "SELECT path, size, mtime_ns, sha256, status, reason_code, reason,"
-            " config_fingerprint, parser_version FROM files"
+            " config_fingerprint, parser_version FROM files WHERE path IN ({marks})",
+            paths,
         )
-        if paths is None:
-            return {row.path: row for row in map(FileRow._make, self.con.execute(query))}
-        out: dict[str, FileRow] = {}
-        paths = list(paths)
-        for i in range(0, len(paths), 500):
-            chunk = paths[i : i + 500]
-            rows = self.con.execute(f"{query} WHERE path IN ({','.join('?' * len(chunk))})", chunk)
-            out.update((row.path, row) for row in map(FileRow._make, rows))
-        return out
+        return {row.path: row for row in map(FileRow._make, rows)}
+
+    def _select_in(self, sql: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """Run ``sql`` over ``keys`` in chunks; ``{marks}`` in it stands for the IN list.
+
+        Chunks of 500 stay under the host-parameter limit of older SQLite builds (999).
+        """
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            yield from self.con.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
     def settled_files(
         self, config_fingerprint: str, parser_version: str
@@ -289,18 +292,12 @@ class Catalog:
         return {getattr(s, column): s for s in self._stored_rows(column, keys)}
 
     def _stored_rows(self, column: str, keys: Sequence[str]) -> list[StoredSession]:
-        out: list[StoredSession] = []
-        keys = list(dict.fromkeys(keys))
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.con.execute(
-                "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
-                f" subject FROM sessions WHERE {column} IN ({marks})",
-                chunk,
-            )
-            out.extend(StoredSession(*r) for r in rows)
-        return out
+        rows = self._select_in(
+            "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
+            f" subject FROM sessions WHERE {column} IN ({{marks}})",
+            list(dict.fromkeys(keys)),
+        )
+        return [StoredSession(*r) for r in rows]
 
     def session_records(self, after: int = 0) -> list[str]:
         """Return the stored session records (JSON text) inserted after rowid ``after``."""
@@ -396,17 +393,13 @@ class Catalog:
     def sha_owners(self, shas: Sequence[str]) -> dict[str, list[str]]:
         """Return sha256 -> paths already ingested with that content (sorted), in bulk."""
         out: dict[str, list[str]] = {}
-        keys = sorted(set(shas))
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            rows = self.con.execute(
-                f"SELECT sha256, path FROM files WHERE sha256 IN ({marks})"  # noqa: S608
-                " AND status IN ('ingested', 'partial') ORDER BY path",
-                part,
-            )
-            for sha, path in rows:
-                out.setdefault(sha, []).append(path)
+        rows = self._select_in(
+            "SELECT sha256, path FROM files WHERE sha256 IN ({marks})"
+            " AND status IN ('ingested', 'partial') ORDER BY path",
+            sorted(set(shas)),
+        )
+        for sha, path in rows:
+            out.setdefault(sha, []).append(path)
         return out
 
     @staticmethod

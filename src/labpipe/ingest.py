@@ -393,18 +393,28 @@ def write_sessions_table(cfg: Experiment, cat: Catalog) -> None:
     state = cat.sessions_state()
     base = _sessions_base(cfg, cat)
     if base is None:
-        records = store.records_frame(cat.session_records())
+        frame = catalog_sessions_frame(cfg, cat)
     else:
         old, last = base
         new = store.records_frame(cat.session_records(after=last))
         records = pd.concat([old, new], ignore_index=True) if len(new) else old
-    path = store.write_sessions(processed, sessions_frame(records, cfg), cfg.timezone)
+        frame = sessions_frame(records, cfg)
+    path = store.write_sessions(processed, frame, cfg.timezone)
     built = {"epoch": state.epoch, "rows": state.rows, "last": state.last}
     built["sha256"] = store.file_sha256(path)
     crash_point("sessions_written")
     with cat.transaction() as con:
         cat.set_meta(con, "sessions_built_with", cfg.fingerprint)
         cat.set_meta(con, "sessions_built_from", json.dumps(built, sort_keys=True))
+
+
+def catalog_sessions_frame(cfg: Experiment, cat: Catalog) -> pd.DataFrame:
+    """Build ``sessions.parquet``'s rows from every record in the catalog (no shortcut).
+
+    What :func:`write_sessions_table` writes when it cannot extend the file, and what
+    ``labpipe verify`` compares the file with.
+    """
+    return sessions_frame(store.records_frame(cat.session_records()), cfg)
 
 
 def _sessions_base(cfg: Experiment, cat: Catalog) -> tuple[pd.DataFrame, int] | None:

@@ -795,7 +795,7 @@ def _check_sessions(cfg: Experiment, cat: Catalog | None, report: VerifyReport) 
             "sessions.parquet was built with another config; the next ingest rewrites it"
         )
         return
-    frame = ingest_mod.sessions_frame(store.records_frame(cat.session_records()), cfg)
+    frame = ingest_mod.catalog_sessions_frame(cfg, cat)
     with tempfile.TemporaryDirectory(prefix="labpipe-verify-") as tmp:
         expected = store.file_sha256(store.write_sessions(Path(tmp), frame, cfg.timezone))
     if store.file_sha256(path) != expected:
