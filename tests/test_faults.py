@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import runlab
+from labpipe.fsio import read_unchanged
 from labpipe.medpc import format_medpc
 
 from labfolder import Lab, session
@@ -231,6 +232,27 @@ def test_a_file_being_written_is_pending_then_ingested_exactly_once(tmp_path):
     assert again.returncode == 0 and "Sessions added: 0" in again.stdout
     assert _sessions_from(lab, "growing.txt") == n_blocks
     runlab.assert_sound(lab)
+
+
+def test_a_file_that_changed_since_the_scan_is_not_read_as_it_was_seen(tmp_path):
+    """fsio.read_unchanged: the bytes of the file as scanned, or None when it moved on."""
+    path = tmp_path / "box1.txt"
+    path.write_bytes(b"Start Date: 04/01/26\r\n")
+    st = path.stat()
+    assert read_unchanged(str(path), st.st_size, st.st_mtime_ns) == path.read_bytes()
+    with open(path, "ab") as fh:  # the chamber appends the next line
+        fh.write(b"End Date: 04/01/26\r\n")
+    assert read_unchanged(str(path), st.st_size, st.st_mtime_ns) is None
+    path.write_bytes(b"Start")  # cut short
+    assert read_unchanged(str(path), st.st_size, st.st_mtime_ns) is None
+    same_size = b"X" * st.st_size  # rewritten in place with as many bytes
+    path.write_bytes(same_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert read_unchanged(str(path), st.st_size, st.st_mtime_ns) is None
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    st = empty.stat()
+    assert read_unchanged(str(empty), 0, st.st_mtime_ns) == b""
 
 
 def _query(lab: Lab, sql: str, *args: object) -> list[tuple]:

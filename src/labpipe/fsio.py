@@ -207,3 +207,41 @@ def publish(src: Path, dest: Path) -> None:
 def _discard(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+def read_unchanged(path: str, size: int, mtime_ns: int) -> bytes | None:
+    """Read a whole file that was seen with ``size`` and ``mtime_ns``, read-only.
+
+    Returns None when the file changed since it was seen (a chamber still writing it):
+    its bytes, size or mtime differ after the read. One ``open``, ``read``, ``fstat`` and
+    ``close`` for a small file. ``open(...).read(n)`` costs three times as many system
+    calls, and with a large ``n`` it maps and unmaps an ``n``-byte buffer for every file,
+    which a run over 10⁵ files pays 10⁵ times.
+
+    Parameters
+    ----------
+    path
+        The file.
+    size, mtime_ns
+        What the folder scan saw.
+
+    Returns
+    -------
+    bytes or None
+        The file's bytes, or None when it changed.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        parts = [os.read(fd, size + 1)]
+        got = len(parts[0])
+        # A regular file returns what was asked up to its end; a network file system may
+        # return less (POSIX allows it), so read on until the end or past the size seen.
+        while got < size and parts[-1]:
+            parts.append(os.read(fd, size + 1 - got))
+            got += len(parts[-1])
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if got != size or after.st_size != size or after.st_mtime_ns != mtime_ns:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)

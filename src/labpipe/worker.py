@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 from labpipe import medpc, sessions, store
 from labpipe.config import Experiment
 from labpipe.errors import MedPCFormatError, SessionError
+from labpipe.fsio import read_unchanged
 from labpipe.model import Reason
 
 __all__ = ["ChunkResult", "FileResult", "SessionResult", "StagedPart", "process_chunk"]
@@ -124,10 +124,8 @@ def read_file(item: Item, cfg: Experiment) -> tuple[FileResult, list[_Values]]:
         )
         return out, values
     # Opened read-only; the bytes are hashed and parsed from one read.
-    with open(path_txt, "rb") as fh:
-        data = fh.read(limits.max_file_bytes + 1)
-        after = os.fstat(fh.fileno())
-    if after.st_size != size or after.st_mtime_ns != mtime_ns:
+    data = read_unchanged(path_txt, size, mtime_ns)
+    if data is None:
         out.unstable = True
         return out, values
     out.sha256 = hashlib.sha256(data).hexdigest()
