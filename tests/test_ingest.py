@@ -427,3 +427,80 @@ def test_time_out_presses_logged_twice_count_once_in_short_and_long_sessions(lab
     assert mapped.record["timeout_active"] == n + len(ticks[::2])
     active = mapped.event_t[mapped.event_name == "active_press"]
     assert active.tolist() == sorted(t * 0.01 for t in ticks + [t - 5 for t in ticks])
+
+
+def _catalog_rows(lab: Lab) -> dict[str, list[tuple]]:
+    """Every decision the catalog holds, without run ids and times."""
+    con = sqlite3.connect(lab.processed / "catalog.sqlite")
+    try:
+        return {
+            "files": con.execute(
+                "SELECT path, sha256, status, reason_code, reason, duplicate_of, n_sessions"
+                " FROM files ORDER BY path"
+            ).fetchall(),
+            "sessions": con.execute(
+                "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
+                " subject, record, part FROM sessions ORDER BY session_id"
+            ).fetchall(),
+            "set_aside": con.execute("SELECT * FROM set_aside ORDER BY path, block").fetchall(),
+            "duplicates": con.execute("SELECT * FROM duplicates ORDER BY path").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+def test_a_first_ingest_decides_from_memory_exactly_as_from_the_catalog(tmp_path, monkeypatch):
+    """A first ingest keeps what it stored in memory instead of querying the catalog per
+    chunk; with two files a chunk, every kind of decision crosses a chunk boundary and must
+    come out as the catalog look-ups decide it."""
+    from labpipe import ingest as ingest_mod
+    from labpipe.catalog import Catalog
+
+    monkeypatch.setattr(ingest_mod, "chunk_files", lambda n_todo: 2)
+    a = session("R1", left=[1, 2])
+    b = session("R2", box=2, right=[3])
+    calls: list[int] = []
+    monkeypatch.setattr(Catalog, "by_identity", _counting(Catalog.by_identity, calls))
+    results = {}
+    for memo in (False, True):
+        monkeypatch.setattr(ingest_mod, "_MEMO", memo)
+        lab = make_lab(tmp_path / f"memo_{memo}")
+        lab.add("a1_orig", [a])
+        lab.add_bytes("a2_copy", lab.written["a1_orig"])  # same bytes: a duplicate file
+        lab.add("a3_multi", [a, b])  # a again (duplicate session) and b (new)
+        lab.add("a4_edited", [session("R1", left=[1, 2, 3])])  # conflict with a
+        lab.add("a5_retyped", [session("R3", left=[1, 2])])  # relabel of a
+        lab.add("a6_clash", [session("R3", left=[9])])  # box clash with a
+        lab.add("a7_lf_copy", [b], newline="\n")  # duplicate session, other bytes
+        lab.add_bytes("a8_copy_of_multi", lab.written["a3_multi"])  # duplicate file
+        calls.clear()
+        summary = ingest(load_config(lab.config), workers=1)
+        assert bool(calls) is not memo  # memory replaces the look-ups
+        results[memo] = (
+            _catalog_rows(lab),
+            summary.duplicates,
+            [(i.file, i.block, i.reason_code, i.reason) for i in summary.set_aside],
+            {k: v[1] for k, v in lab.outputs().items()},
+        )
+    assert results[True] == results[False]
+    rows = results[True][0]
+    statuses = {path: status for path, _, status, *_ in rows["files"]}
+    assert statuses == {
+        "a1_orig": "ingested",
+        "a2_copy": "duplicate",
+        "a3_multi": "ingested",
+        "a4_edited": "quarantined",
+        "a5_retyped": "quarantined",
+        "a6_clash": "quarantined",
+        "a7_lf_copy": "duplicate",
+        "a8_copy_of_multi": "duplicate",
+    }
+    assert {r[4] for r in rows["set_aside"]} == {"CONFLICT", "RELABEL", "BOX_CLASH"}
+
+
+def _counting(fn, calls: list):
+    def wrapped(*args, **kw):
+        calls.append(1)
+        return fn(*args, **kw)
+
+    return wrapped
