@@ -357,7 +357,17 @@ def _variables(rng: np.random.Generator, kind: str) -> dict[str, float | np.ndar
                 rng.shuffle(stamps)  # a program that does not write times in order
             if stamps and rng.random() < 0.05:
                 stamps[int(rng.integers(len(stamps)))] = 0.0  # a zero inside the real times
+            if stamps and rng.random() < 0.05:
+                # Values no chamber writes, but a parser could hand over: NaN, -0.0 (also
+                # beside 0.0), infinities, negative times.
+                odd = [float("nan"), -0.0, float("inf"), -float("inf"), -5.0, 0.0, -0.0]
+                for _ in range(int(rng.integers(1, 4))):
+                    stamps[int(rng.integers(len(stamps)))] = odd[int(rng.integers(len(odd)))]
             arr = np.array(stamps + [0.0] * int(rng.integers(0, 20)), dtype=np.float64)
+            if rng.random() < 0.02:
+                arr = np.repeat(arr, 2)[::2]  # a strided view: same values, not contiguous
+            elif rng.random() < 0.02:
+                arr = arr.astype(np.float32)
             value = _pick(rng, arr, [None, 3.0, np.empty(0, dtype=np.float64)], 0.06)
             if value is not None:
                 variables[letter] = value
@@ -487,6 +497,10 @@ def _write(tmp: Path) -> None:
 
 if __name__ == "__main__":
     import tempfile
+    import warnings
+
+    # As under pytest (filterwarnings = error): a numpy warning is an exception, pinned too.
+    warnings.simplefilter("error")
 
     if sys.argv[1:] != ["--write"]:
         raise SystemExit("usage: python tests/test_sessions_golden.py --write")
