@@ -409,9 +409,8 @@ def write_sessions_table(cfg: Experiment, cat: Catalog) -> None:
         new = store.records_frame(cat.session_records(after=last))
         records = pd.concat([old, new], ignore_index=True) if len(new) else old
         frame = sessions_frame(records, cfg)
-    path = store.write_sessions(processed, frame, cfg.timezone)
-    built = {"epoch": state.epoch, "rows": state.rows, "last": state.last}
-    built["sha256"] = store.file_sha256(path)
+    sha256 = store.write_sessions(processed, frame, cfg.timezone)
+    built = {"epoch": state.epoch, "rows": state.rows, "last": state.last, "sha256": sha256}
     crash_point("sessions_written")
     with cat.transaction() as con:
         cat.set_meta(con, "sessions_built_with", cfg.fingerprint)

@@ -797,7 +797,7 @@ def _check_sessions(cfg: Experiment, cat: Catalog | None, report: VerifyReport) 
         return
     frame = ingest_mod.catalog_sessions_frame(cfg, cat)
     with tempfile.TemporaryDirectory(prefix="labpipe-verify-") as tmp:
-        expected = store.file_sha256(store.write_sessions(Path(tmp), frame, cfg.timezone))
+        expected = store.write_sessions(Path(tmp), frame, cfg.timezone)
     if store.file_sha256(path) != expected:
         report.damaged.append(Damage(path.name, "differs from what the catalog says it must hold"))
 

@@ -160,22 +160,46 @@ def _metadata(dataset: str) -> dict[bytes, bytes]:
     }
 
 
-def _write_parquet(table: pa.Table, dest: Path) -> None:
+def _write_parquet(table: pa.Table, dest: Path) -> str:
+    """Write ``table`` to ``dest`` atomically; return the sha256 of the bytes written.
+
+    The file is built in memory (a part or the sessions table: a few MB) and hashed there,
+    rather than read back from disk for its hash.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        write_page_checksum=True,
+        write_statistics=True,
+    )
+    data = memoryview(sink.getvalue())
     with atomic_write(dest) as fh:
-        pq.write_table(
-            table,
-            fh,
-            compression="zstd",
-            write_page_checksum=True,
-            write_statistics=True,
-        )
+        fh.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def events_table(session_ids: np.ndarray, t_s: np.ndarray, event: np.ndarray) -> pa.Table:
-    """Build an events table (see :data:`EVENTS_SCHEMA`) from aligned columns."""
+def _repeated(values: Sequence[str], counts: np.ndarray) -> pa.Array:
+    """Return a string column holding ``values[i]`` ``counts[i]`` times, in order.
+
+    Built by Arrow from the few distinct strings (a chunk's session ids, its sessions'
+    variable names), not from one Python string per row.
+    """
+    codes = np.repeat(np.arange(len(values), dtype=np.int32), counts)
+    return pa.array(values, type=pa.string()).take(pa.array(codes))
+
+
+def events_table(
+    session_ids: Sequence[str], counts: np.ndarray, t_s: np.ndarray, event: np.ndarray
+) -> pa.Table:
+    """Build an events table (see :data:`EVENTS_SCHEMA`) from aligned columns.
+
+    ``session_ids[i]`` owns the next ``counts[i]`` rows of ``t_s`` and ``event``.
+    """
     table = pa.table(
         {
-            "session_id": pa.array(session_ids, type=pa.string()),
+            "session_id": _repeated(session_ids, counts),
             "t_s": pa.array(t_s, type=pa.float64()),
             "event": pa.array(event, type=pa.string()),
         },
@@ -185,14 +209,24 @@ def events_table(session_ids: np.ndarray, t_s: np.ndarray, event: np.ndarray) ->
 
 
 def variables_table(
-    session_ids: np.ndarray, variable: np.ndarray, index: np.ndarray, value: np.ndarray
+    session_ids: Sequence[str],
+    session_rows: np.ndarray,
+    variables: Sequence[str],
+    variable_rows: np.ndarray,
+    index: np.ndarray,
+    value: np.ndarray,
 ) -> pa.Table:
-    """Build a variables table; ``index`` is -1 for scalars (stored as null)."""
+    """Build a variables table (see :data:`VARIABLES_SCHEMA`) from aligned columns.
+
+    ``session_ids[i]`` owns the next ``session_rows[i]`` rows and ``variables[j]`` the
+    next ``variable_rows[j]`` rows of ``index`` and ``value``; ``index`` is -1 for a
+    scalar (stored as null).
+    """
     idx = pa.array(index, type=pa.int64(), mask=index < 0)
     table = pa.table(
         {
-            "session_id": pa.array(session_ids, type=pa.string()),
-            "variable": pa.array(variable, type=pa.string()),
+            "session_id": _repeated(session_ids, session_rows),
+            "variable": _repeated(variables, variable_rows),
             "index": idx,
             "value": pa.array(value, type=pa.float64()),
         },
@@ -224,9 +258,7 @@ def stage_part(processed: Path, name: str, table: pa.Table) -> str:
     str
         sha256 hex of the file's bytes, for the catalog.
     """
-    dest = processed / STAGING / name
-    _write_parquet(table, dest)
-    return file_sha256(dest)
+    return _write_parquet(table, processed / STAGING / name)
 
 
 def restage_part(
@@ -364,14 +396,15 @@ def check_part(path: Path, sha256: str) -> str | None:
     return None
 
 
-def write_sessions(processed: Path, frame: pd.DataFrame, timezone: str) -> Path:
-    """Atomically replace ``sessions.parquet`` with ``frame`` under the fixed schema."""
+def write_sessions(processed: Path, frame: pd.DataFrame, timezone: str) -> str:
+    """Atomically replace ``sessions.parquet`` with ``frame`` under the fixed schema.
+
+    Returns the sha256 of the file written.
+    """
     schema = sessions_schema(timezone)
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(_metadata("sessions"))
-    dest = processed / "sessions.parquet"
-    _write_parquet(table, dest)
-    return dest
+    return _write_parquet(table, processed / "sessions.parquet")
 
 
 def read_sessions(processed: Path) -> pd.DataFrame:

@@ -227,24 +227,24 @@ def process_chunk(cfg: Experiment, processed: str | Path, items: list[Item]) -> 
     var = _variables_columns(unique)
     ev_name = store.part_name("events", out.candidates)
     var_name = store.part_name("variables", out.candidates)
+    ev_table = store.events_table(out.candidates, *ev)
+    var_table = store.variables_table(out.candidates, *var)
     out.parts["events"] = StagedPart(
-        ev_name, store.stage_part(base, ev_name, store.events_table(*ev)), int(ev[0].size)
+        ev_name, store.stage_part(base, ev_name, ev_table), ev_table.num_rows
     )
     out.parts["variables"] = StagedPart(
-        var_name,
-        store.stage_part(base, var_name, store.variables_table(*var)),
-        int(var[0].size),
+        var_name, store.stage_part(base, var_name, var_table), var_table.num_rows
     )
     return out
 
 
 def _events_columns(ordered: list[_Values]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (events per session, t_s, event name) of the sessions, in order."""
     sizes = np.fromiter((v.event_t.size for v in ordered), dtype=np.int64, count=len(ordered))
     if not sizes.sum():
-        return np.empty(0, object), np.empty(0, np.float64), np.empty(0, object)
-    ids = np.repeat(np.array([v.session_id for v in ordered], dtype=object), sizes)
+        return sizes, np.empty(0, np.float64), np.empty(0, object)
     return (
-        ids,
+        sizes,
         np.concatenate([v.event_t for v in ordered]),
         np.concatenate([v.event_name for v in ordered]),
     )
@@ -252,29 +252,37 @@ def _events_columns(ordered: list[_Values]) -> tuple[np.ndarray, np.ndarray, np.
 
 def _variables_columns(
     ordered: list[_Values],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Return the columns of :func:`labpipe.store.variables_table` after the session ids.
+
+    Every raw variable of every session, in order: a scalar is one row (index -1), an
+    array one row a slot, trailing padding included.
+    """
     names: list[str] = []
-    n_vars: list[int] = []  # per session
+    session_rows: list[int] = []
     sizes: list[int] = []  # per variable: its slots, 1 for a scalar
     arrays: list[np.ndarray] = []
     scalar_at: list[int] = []  # which variables (positions in ``sizes``) are scalars
     scalars: list[float] = []
     for v in ordered:
         variables = v.raw.variables  # type: ignore[attr-defined]
-        n_vars.append(len(variables))
         names.extend(variables)
+        rows = 0
         for value in variables.values():
             if isinstance(value, np.ndarray):
                 sizes.append(value.size)
+                rows += value.size
                 arrays.append(value)
             else:
                 scalar_at.append(len(sizes))
                 sizes.append(1)
+                rows += 1
                 scalars.append(value)
-    if not names:
-        return np.empty(0, object), np.empty(0, object), np.empty(0, np.int64), np.empty(0)
+        session_rows.append(rows)
     counts = np.array(sizes, dtype=np.int64)
-    ids = np.repeat(np.array([v.session_id for v in ordered], dtype=object), n_vars)
+    per_session = np.array(session_rows, dtype=np.int64)
+    if not names:
+        return per_session, names, counts, np.empty(0, np.int64), np.empty(0)
     starts = np.cumsum(counts) - counts
     first = starts[scalar_at]  # the slot of each scalar
     # Each array's slots are numbered from 0; a scalar's index is -1 (stored as null).
@@ -286,9 +294,4 @@ def _variables_columns(
         in_array = np.ones(index.size, dtype=bool)
         in_array[first] = False
         values[in_array] = np.concatenate(arrays, dtype=np.float64, casting="unsafe")
-    return (
-        np.repeat(ids, counts),
-        np.repeat(np.array(names, dtype=object), counts),
-        index,
-        values,
-    )
+    return per_session, names, counts, index, values
