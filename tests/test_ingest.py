@@ -504,3 +504,19 @@ def _counting(fn, calls: list):
         return fn(*args, **kw)
 
     return wrapped
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 1000, 4097, 10_000, 100_000])
+def test_chunks_keep_path_order_and_end_small_so_no_core_waits_on_one_big_chunk(n):
+    from labpipe.ingest import BATCH_FILES, chunk_files, split_chunks
+
+    todo = [(f"/raw/{i:06d}", f"{i:06d}", 1, 1) for i in range(n)]
+    chunks = split_chunks(todo)
+    assert [item for chunk in chunks for item in chunk] == todo  # every file once, in order
+    sizes = [len(c) for c in chunks]
+    size = chunk_files(n)
+    assert max(sizes) <= size
+    if n > 4 * size:
+        # the last two chunks' worth of files come in chunks of a quarter size
+        assert sizes[-2] == max(BATCH_FILES, size // 4) < size
+        assert sum(s for s in sizes if s == size) >= n - 3 * size

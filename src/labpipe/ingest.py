@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import itertools
 import json
 import os
 import time
@@ -44,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from labpipe import medpc, sessions, store, worker
-from labpipe.catalog import Catalog, StoredSession
+from labpipe.catalog import Catalog, FileRow, StoredSession
 from labpipe.config import Experiment
 from labpipe.errors import DataError
 from labpipe.fsio import crash_point, environment_failure, is_environment_error
@@ -68,6 +69,7 @@ _POOL_MIN_FILES = 64
 _MEMO = True
 
 Progress = Callable[[int, int], None]
+Item = worker.Item
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,14 +381,17 @@ def _run(
     del settled
     # What the catalog already knows of the files to do (new, changed, pending, or set
     # aside with another config): rows to update rather than insert.
-    known = cat.files([t[1] for t in todo] + [p["path"] for p in pending_rows])
+    counts = cat.counts()
+    if sum(counts.values()):
+        known = cat.files([t[1] for t in todo] + [p["path"] for p in pending_rows])
+    else:  # an empty catalog (a first ingest): nothing to look up
+        known: dict[str, FileRow] = {}
     if pending_rows:
         with cat.transaction() as con:
             for prow in pending_rows:
                 if known.get(prow["path"]) is None or known[prow["path"]].status == "pending":
                     cat.put_file(con, prow, summary.run_id)
 
-    counts = cat.counts()
     # A first ingest (or a re-derivation) starts from a catalog that stores nothing: what
     # the run has stored so far is all there is to compare with, and is kept in memory.
     fresh = not (counts["sessions"] or counts.get("ingested") or counts.get("partial"))
@@ -513,14 +518,30 @@ def chunk_files(n_todo: int) -> int:
     return max(BATCH_FILES, min(MAX_CHUNK_FILES, -(-n_todo // 16)))
 
 
+def split_chunks(todo: list[Item]) -> list[list[Item]]:
+    """Cut the files to do into chunks (in path order) of :func:`chunk_files` files.
+
+    The files of the last two chunks go into chunks a quarter that size instead (at least
+    :data:`BATCH_FILES`): the run ends when the last chunk is done, and a worker finishing
+    a large chunk alone at the end leaves the other cores idle for as long. Like the
+    chunk size, the cut depends on the number of files only.
+    """
+    n = len(todo)
+    size = chunk_files(n)
+    small = min(size, max(BATCH_FILES, size // 4))
+    tail_from = max(0, n - 2 * size) if n > 4 * size else n
+    tail_from -= tail_from % size  # the large chunks stay whole
+    bounds = list(range(0, tail_from, size)) + list(range(tail_from, n, small)) + [n]
+    return [todo[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 def _parse_all(
     cfg: Experiment,
-    todo: list[tuple[str, str, int, int]],
+    todo: list[Item],
     workers: int | None,
     scheduler: str | None = None,
 ) -> Iterator[worker.ChunkResult]:
-    size = chunk_files(len(todo))
-    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    chunks = split_chunks(todo)
     if scheduler is not None:
         # Imported here: labpipe.distributed (and the distributed package) is optional.
         from labpipe import distributed
