@@ -32,10 +32,11 @@ import difflib
 import functools
 import hashlib
 import re
+import string
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -115,19 +116,32 @@ def identify(raw: RawSession) -> Identity:
     Identity
         Its keys.
     """
-    h = raw.header
-    subject = " ".join(h.get("Subject", "").split())
-    start_date = h.get("Start Date", "").strip()
-    start_time = h.get("Start Time", "").strip()
-    box = h.get("Box", "").strip()
+    get = raw.header.get
+    subject = " ".join(get("Subject", "").split())
+    start_date = get("Start Date", "").strip()
+    start_time = get("Start Time", "").strip()
+    box = get("Box", "").strip()
     key = f"{subject}|{start_date}|{start_time}|{box}"
-    slot = f"{box}|{start_date}|{start_time}"
-    return Identity(
-        session_id=hashlib.sha256(key.encode("utf-8")).hexdigest()[:16],
-        key=key,
-        slot=slot,
-        fingerprint=fingerprint(raw.variables),
-    )
+    ident = _new(Identity)
+    _set_session_id(ident, _SHA256(key.encode("utf-8")).hexdigest()[:16])
+    _set_key(ident, key)
+    _set_slot(ident, f"{box}|{start_date}|{start_time}")
+    _set_fingerprint(ident, fingerprint(raw.variables))
+    return ident
+
+
+# Frozen dataclasses set each field with object.__setattr__ in __init__; identify() and
+# map_session() make one of each per session, by setting the slots directly: the same
+# objects (equal, hashable, frozen), made in half the time.
+_new = object.__new__
+_set_session_id = Identity.session_id.__set__  # type: ignore[attr-defined]
+_set_key = Identity.key.__set__  # type: ignore[attr-defined]
+_set_slot = Identity.slot.__set__  # type: ignore[attr-defined]
+_set_fingerprint = Identity.fingerprint.__set__  # type: ignore[attr-defined]
+_set_identity = MappedSession.identity.__set__  # type: ignore[attr-defined]
+_set_record = MappedSession.record.__set__  # type: ignore[attr-defined]
+_set_event_t = MappedSession.event_t.__set__  # type: ignore[attr-defined]
+_set_event_name = MappedSession.event_name.__set__  # type: ignore[attr-defined]
 
 
 def fingerprint(variables: Mapping[str, float | np.ndarray]) -> str:
@@ -141,8 +155,35 @@ def fingerprint(variables: Mapping[str, float | np.ndarray]) -> str:
     Returns
     -------
     str
-        sha256 hex digest over the sorted letters, their kind and their exact float64 bytes.
+        sha256 hex digest over the sorted letters, their kind and their exact float64 bytes:
+        ``A=`` and 8 bytes for a scalar, ``L[10]`` and 80 bytes for an array of 10.
     """
+    # The parser gives letters A-Z, Python floats and float64 arrays (views of one buffer
+    # per block): their bytes go into the digest as they are, with the letter tags made
+    # once. Anything else (another name, a strided view, another dtype) takes the general
+    # path, which converts.
+    parts: list[bytes | np.ndarray] = []
+    append = parts.append
+    try:
+        for letter in sorted(variables):
+            value = variables[letter]
+            if type(value) is float:
+                append(_SCALAR_TAGS[letter])
+                append(_PACK_F8(value))
+            elif type(value) is np.ndarray and value.dtype is _F8:
+                sizes = _ARRAY_TAGS[letter]
+                size = value.size
+                append(sizes.get(size) or _array_tag(sizes, letter, size))
+                append(value)
+            else:
+                return _fingerprint_any(variables)
+        return _SHA256(b"".join(parts)).hexdigest()
+    except (KeyError, TypeError):  # a name other than A-Z; an array not in one buffer
+        return _fingerprint_any(variables)
+
+
+def _fingerprint_any(variables: Mapping[str, float | np.ndarray]) -> str:
+    """Return :func:`fingerprint` of any letters and values (converting what must be)."""
     # One digest over the parts joined: the same bytes as hashing them one by one.
     parts: list[bytes | np.ndarray] = []
     for letter in sorted(variables):
@@ -157,7 +198,21 @@ def fingerprint(variables: Mapping[str, float | np.ndarray]) -> str:
     return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
+def _array_tag(sizes: dict[int, bytes], letter: str, size: int) -> bytes:
+    if len(sizes) > _TAG_MEMORY:
+        sizes.clear()
+    tag = sizes[size] = f"{letter}[{size}]".encode()
+    return tag
+
+
 _PACK_F8 = struct.Struct("<d").pack
+_SHA256 = hashlib.sha256
+#: The dtype the fingerprint hashes: float64, little-endian (the parser's, on x86 and ARM).
+_F8 = np.dtype("<f8")
+#: ``b"A="`` per letter, and letter -> size -> ``b"L[10]"`` (a lab's arrays have few sizes).
+_SCALAR_TAGS: dict[str, bytes] = {c: f"{c}=".encode() for c in string.ascii_uppercase}
+_ARRAY_TAGS: dict[str, dict[int, bytes]] = {c: {} for c in string.ascii_uppercase}
+_TAG_MEMORY = 1024
 
 
 def parse_clock(
@@ -264,6 +319,185 @@ def session_times(raw: RawSession, tz: ZoneInfo) -> tuple[datetime, datetime, fl
     return start, end, duration_min, start.utcoffset() != end.utcoffset()
 
 
+# ---- The clock of a session as map_session reads it ----------------------------------------
+#
+# session_times() builds aware datetimes and map_session() then wants their ISO texts, UTC
+# difference and offsets: datetime(), astimezone() and isoformat() cost more than all the
+# rest of a session. _session_clock() gives the same results and messages with less: a
+# lab's sessions share their dates (one a day) and a zone has a handful of UTC offsets, so
+# the local time is the date's midnight plus the time of day, and the ISO text is pieced
+# together from the texts of the date, the time and the offset, each made once.
+
+
+class _Day:
+    """The midnights of dates in one time zone, as :func:`_clock` uses them.
+
+    Parameters
+    ----------
+    tz
+        The chambers' time zone.
+    """
+
+    __slots__ = ("midnights", "tz")
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        #: Date text -> aware midnight of that date.
+        self.midnights: dict[str, datetime] = {}
+
+
+def _session_clock(header: Mapping[str, str], day: _Day) -> tuple[str, str, float, bool]:
+    """Return :func:`session_times` of a header as ISO 8601 texts.
+
+    Parameters
+    ----------
+    header
+        The session's header.
+    day
+        The time zone and its midnights.
+
+    Returns
+    -------
+    tuple
+        Start and end (``datetime.isoformat()`` of the aware local times), the duration in
+        minutes and whether the UTC offset changed, exactly as from :func:`session_times`.
+
+    Raises
+    ------
+    SessionError
+        The errors of :func:`session_times`, in the same order, with the same messages.
+    """
+    start_date = header.get("Start Date", "")
+    start, start_us, start_off, start_iso = _clock(
+        start_date, header.get("Start Time", ""), "Start", day
+    )
+    end_date = header.get("End Date", "").strip()
+    end_time = header.get("End Time", "").strip()
+    if not end_time:
+        raise SessionError("the session has no End Time.", reason_code=Reason.BAD_HEADER)
+    if end_date:
+        end, end_us, end_off, end_iso = _clock(end_date, end_time, "End", day)
+    else:
+        end, end_us, end_off, end_iso = _clock(start_date, end_time, "End", day)
+        if end_us < start_us:
+            # Past midnight: the end is on the next day (on the wall clock).
+            end = (end.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=day.tz)
+            end_us, end_off, end_iso = _instant(end)
+    if end_us < start_us:
+        raise SessionError(
+            f"End ({end:%m/%d/%y %H:%M:%S}) is before Start ({start:%m/%d/%y %H:%M:%S}).",
+            reason_code=Reason.BAD_DATE,
+            hint="Is the chamber PC's clock wrong?",
+        )
+    # timedelta.total_seconds() is microseconds / 10**6 (int / int): the same float.
+    return start_iso, end_iso, (end_us - start_us) / 1_000_000 / 60.0, start_off != end_off
+
+
+def _clock(date_text: str, time_text: str, field: str, day: _Day) -> _Clock:
+    """Return :func:`parse_clock` as (local, UTC microseconds, offset microseconds, ISO)."""
+    date_info = _DAYS.get(date_text) or _date_info(date_text)
+    time_info = _TIMES_OF_DAY.get(time_text) or _time_info(time_text)
+    if not date_info or not time_info:
+        raise SessionError(
+            f"{field} Date/Time '{date_text} {time_text}' is not MM/DD/YY HH:MM:SS.",
+            reason_code=Reason.BAD_DATE,
+        )
+    ymd, ordinal, date_iso = date_info
+    hms, seconds, time_iso, since_midnight = time_info
+    midnight = day.midnights.get(date_text)
+    if midnight is not None and since_midnight is not None:
+        # The same datetime as datetime(*ymd, *hms, tzinfo=tz), fold 0.
+        local = midnight + since_midnight
+    else:
+        try:
+            # Checks the date, then the time, with the messages of date() and time().
+            local = datetime(*ymd, *hms, tzinfo=day.tz)
+        except ValueError as exc:
+            raise SessionError(
+                f"{field} Date/Time '{date_text} {time_text}' is not a real date or time "
+                f"({exc}); MED-PC writes dates as MM/DD/YY.",
+                reason_code=Reason.BAD_DATE,
+            ) from exc
+        if len(day.midnights) > _CLOCK_MEMORY:
+            day.midnights.clear()
+        day.midnights[date_text] = datetime(*ymd, tzinfo=day.tz)
+    off_us, suffix = _OFFSETS.get(local.utcoffset()) or _offset(local)  # type: ignore[arg-type]
+    utc_us = (ordinal * 86400 + seconds) * 1_000_000 - off_us
+    return local, utc_us, off_us, f"{date_iso}T{time_iso}{suffix}"
+
+
+def _instant(local: datetime) -> tuple[int, int, str]:
+    """Return (UTC microseconds, offset microseconds, ISO text) of an aware datetime."""
+    off_us, _ = _OFFSETS.get(local.utcoffset()) or _offset(local)  # type: ignore[arg-type]
+    wall = local.toordinal() * 86400 + local.hour * 3600 + local.minute * 60 + local.second
+    return wall * 1_000_000 + local.microsecond - off_us, off_us, local.isoformat()
+
+
+#: (local datetime, UTC instant in microseconds, UTC offset in microseconds, ISO text).
+_Clock = tuple[datetime, int, int, str]
+#: Date text -> ((year, month, day), proleptic ordinal or -1 if no such date,
+#: ``YYYY-MM-DD``); ``()`` when the text is not a date.
+_DAYS: dict[str, tuple[tuple[int, int, int], int, str] | tuple[()]] = {}
+#: Time text -> ((hour, minute, second), seconds of the day, ``HH:MM:SS``, time since
+#: midnight or None if no such time); ``()`` when the text is not a time.
+_TIMES_OF_DAY: dict[str, tuple[tuple[int, int, int], int, str, timedelta | None] | tuple[()]] = {}
+#: UTC offset -> (microseconds, its ISO text such as ``-05:00``).
+_OFFSETS: dict[timedelta, tuple[int, str]] = {}
+#: Texts remembered before starting over (a lab has a date a day, times per box and day).
+_CLOCK_MEMORY = 8192
+
+
+def _date_info(text: str) -> tuple[tuple[int, int, int], int, str] | tuple[()]:
+    ymd = _date_fields(text)
+    if ymd is None:
+        return ()
+    year, month, day = ymd
+    try:
+        ordinal = date(year, month, day).toordinal()
+    except ValueError:
+        ordinal = -1  # no such date: datetime() says why before the ordinal is used
+    if len(_DAYS) > _CLOCK_MEMORY:
+        _DAYS.clear()
+    found = _DAYS[text] = (ymd, ordinal, f"{year:04d}-{month:02d}-{day:02d}")
+    return found
+
+
+def _time_info(
+    text: str,
+) -> tuple[tuple[int, int, int], int, str, timedelta | None] | tuple[()]:
+    hms = _time_fields(text)
+    if hms is None:
+        return ()
+    hour, minute, second = hms
+    seconds = hour * 3600 + minute * 60 + second
+    # No such time (24:00:00, 9:60:00): datetime() says why.
+    real = hour < 24 and minute < 60 and second < 60
+    if len(_TIMES_OF_DAY) > _CLOCK_MEMORY:
+        _TIMES_OF_DAY.clear()
+    found = _TIMES_OF_DAY[text] = (
+        hms,
+        seconds,
+        f"{hour:02d}:{minute:02d}:{second:02d}",
+        timedelta(seconds=seconds) if real else None,
+    )
+    return found
+
+
+def _offset(local: datetime) -> tuple[int, str]:
+    """Remember the UTC offset of ``local``: microseconds and the ISO text of it."""
+    offset = local.utcoffset()
+    assert offset is not None  # a ZoneInfo always has an offset
+    # isoformat() of a time without microseconds is 19 characters, then the offset.
+    whole = local.replace(microsecond=0).isoformat()
+    if len(_OFFSETS) > _CLOCK_MEMORY:
+        _OFFSETS.clear()
+    found = _OFFSETS[offset] = (offset // _MICROSECOND, whole[19:])
+    return found
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def suggest_subjects(typed: str, known: list[str]) -> list[str]:
     """Return roster subjects the tech probably meant by ``typed``.
 
@@ -347,15 +581,20 @@ class _Plan:
     """
 
     __slots__ = (
-        "_animals",
-        "_phased",
+        "animals",
         "cfg",
+        "codes",
         "corrections",
+        "day",
+        "event_array",
         "event_names",
         "events",
         "left",
+        "measures",
+        "phased",
         "reinforcers",
         "right",
+        "tick_seconds",
         "timeout",
         "timezone",
     )
@@ -364,36 +603,47 @@ class _Plan:
         self.cfg = cfg
         self.corrections = cfg.corrections
         self.timezone = cfg.timezone
+        #: The time zone (ZoneInfo(timezone)) and its midnights, made when first needed.
+        self.day: _Day | None = None
         levers = cfg.levers
         self.left = _letters(levers.left if levers is not None else None)
         self.right = _letters(levers.right if levers is not None else None)
         self.reinforcers = _letters(cfg.reinforcers)
         self.timeout = _letters(cfg.timeout_presses)
-        self.events = cfg.events
-        self.event_names = (
-            frozenset(cfg.events.codes.values()) if cfg.events is not None else frozenset()
+        #: (count letter, times letter, event name) of each measure, in the order mapped.
+        self.measures: tuple[tuple[str | None, str | None, str], ...] = (
+            (*self.left, "left_press"),
+            (*self.right, "right_press"),
+            (*self.reinforcers, "reinforcer"),
+            (*self.timeout, "timeout_press"),
         )
-        self._animals: dict[str, Animal | None] = {}
-        self._phased: dict[str, bool] = {}
+        self.events = cfg.events
+        ev = cfg.events
+        self.event_array = ev.array if ev is not None else None
+        self.tick_seconds = ev.tick_seconds if ev is not None else 0.0
+        self.codes: dict[int, str] = dict(ev.codes) if ev is not None else {}
+        self.event_names = frozenset(ev.codes.values()) if ev is not None else frozenset()
+        self.animals: dict[str, Animal | None] = {}
+        self.phased: dict[str, bool] = {}
 
     def animal(self, subject: str) -> Animal | None:
         """Return ``cfg.find_subject(subject)``."""
         try:
-            return self._animals[subject]
+            return self.animals[subject]
         except KeyError:
-            if len(self._animals) > _PLAN_MEMORY:
-                self._animals.clear()
-            found = self._animals[subject] = self.cfg.find_subject(subject)
+            if len(self.animals) > _PLAN_MEMORY:
+                self.animals.clear()
+            found = self.animals[subject] = self.cfg.find_subject(subject)
             return found
 
     def has_phase(self, msn: str) -> bool:
         """Return whether ``cfg.match_phase(msn)`` finds a rule."""
         try:
-            return self._phased[msn]
+            return self.phased[msn]
         except KeyError:
-            if len(self._phased) > _PLAN_MEMORY:
-                self._phased.clear()
-            found = self._phased[msn] = self.cfg.match_phase(msn) is not None
+            if len(self.phased) > _PLAN_MEMORY:
+                self.phased.clear()
+            found = self.phased[msn] = self.cfg.match_phase(msn) is not None
             return found
 
 
@@ -420,9 +670,13 @@ def _letters(source: Source | None) -> _Letters:
 
 def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> MappedSession:
     header = raw.header
-    subject_raw = header.get("Subject", "").strip()
+    get = header.get
+    subject_raw = get("Subject", "").strip()
     subject = plan.corrections.get(ident.session_id)
-    animal = plan.animal(subject if subject is not None else subject_raw)
+    typed = subject if subject is not None else subject_raw
+    animal = plan.animals.get(typed, _UNSEEN)
+    if animal is _UNSEEN:
+        animal = plan.animal(typed)
     if animal is None:
         close = suggest_subjects(subject_raw, sorted(plan.cfg.roster))
         suggestion = f" Did you mean {' or '.join(close)}?" if close else ""
@@ -435,25 +689,248 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
                 "configs/corrections.csv, then run ingest again."
             ),
         )
-    msn = raw.msn
-    if not plan.has_phase(msn):
+    msn = get("MSN", "")
+    phased = plan.phased.get(msn)
+    if phased is None:
+        phased = plan.has_phase(msn)
+    if not phased:
         raise SessionError(
             f"MSN '{msn}' matches no [[phases]] rule in the config.",
             reason_code=Reason.UNKNOWN_PHASE,
             hint="Add a [[phases]] rule whose msn pattern matches it, then run ingest again.",
         )
-    for field in ("Start Date", "Start Time", "Box"):
-        if not header.get(field, "").strip():
+    for field in _REQUIRED:
+        if not get(field, "").strip():
             raise SessionError(f"the header has no {field}.", reason_code=Reason.BAD_HEADER)
     box_txt = header["Box"].strip()
     box = int(box_txt) if box_txt.isdigit() else None
 
-    tz = ZoneInfo(plan.timezone)
-    start, end, duration_min, dst = session_times(raw, tz)
+    day = plan.day
+    if day is None:
+        day = plan.day = _Day(ZoneInfo(plan.timezone))
+    start, end, duration_min, dst = _session_clock(header, day)
 
     active_side = animal.active_lever
-    inactive_side = "right" if active_side == "left" else "left"
     variables = raw.variables
+    measured = _measures(variables, plan, active_side)
+    if measured is None:
+        measured = _measures_numpy(variables, plan, active_side)
+    active, inactive, reinforcers, timeout, has_events, event_t, event_name = measured
+
+    record: dict[str, Any] = {
+        "session_id": ident.session_id,
+        "subject_raw": subject_raw,
+        "subject": animal.subject,
+        "active_lever": active_side,
+        "box": box,
+        "msn": msn,
+        "start": start,
+        "end": end,
+        "duration_min": duration_min,
+        "dst_crossing": dst,
+        "active": active,
+        "inactive": inactive,
+        "reinforcers": reinforcers,
+        "timeout_active": timeout,
+        "has_events": has_events,
+        "source_file": source_file,
+        "source_block": raw.block,
+    }
+    mapped = _new(MappedSession)
+    _set_identity(mapped, ident)
+    _set_record(mapped, record)
+    _set_event_t(mapped, event_t)
+    _set_event_name(mapped, event_name)
+    return mapped
+
+
+#: Header fields a session must have, checked in this order.
+_REQUIRED = ("Start Date", "Start Time", "Box")
+_UNSEEN: Any = object()
+
+#: (active, inactive, reinforcers, timeout_active, has_events, event_t, event_name).
+_Measured = tuple[int | None, int | None, int | None, int | None, bool, np.ndarray, np.ndarray]
+
+#: Longest array read with plain Python. A session's arrays hold tens of values: numpy's
+#: set-up per call costs more than the work then; past this many, numpy is cheaper.
+_SHORT = 256
+#: Longest event array decoded with plain Python (its loop costs more per value).
+_SHORT_EVENTS = 128
+#: TIME.CODE values decoded with plain Python are below this (ticks * 1000 fit an int64).
+_HUGE = 1e15
+
+
+def _measures(
+    variables: Mapping[str, float | np.ndarray], plan: _Plan, active_side: str
+) -> _Measured | None:
+    """Return the counts and events of a session, with Python lists for its short arrays.
+
+    The same results and errors as :func:`_measures_numpy`, or None when a value is not a
+    short float64 array, or the session's times hold a NaN or a zero: the caller then takes
+    the numpy path from the start.
+
+    The numpy path sorts each measure's times, then sorts all events stably by time. Here
+    the times stay in file order and only the final stable sort is made: among equal times
+    of one measure the order cannot be seen (same name, same float), unless two of them
+    are equal with other bits (``0.0`` and ``-0.0``) or are NaN (which numpy sorts last and
+    Python not at all); sessions with a NaN or a zero time are left to numpy.
+    """
+    events: dict[str, list[float]] | None = None
+    letter = plan.event_array
+    if letter is not None and letter in variables:
+        values = variables[letter]
+        if not isinstance(values, np.ndarray):
+            raise _scalar_events(letter)
+        events = _decode_short(values, plan.tick_seconds, plan.codes)
+        if events is None:
+            return None
+    configured = plan.event_names
+    counts: list[int | None] = []
+    times: list[list[float] | None] = []
+    counted: list[bool] = []
+    for count_letter, times_letter, event in plan.measures:
+        count: int | None = None
+        stamps: list[float] | None = None
+        if count_letter is not None and count_letter in variables:
+            value = variables[count_letter]
+            if type(value) is float and value >= 0.0 and value.is_integer():
+                count = int(value)
+            else:
+                count = _scalar_count(value, count_letter)
+        if times_letter is not None and times_letter in variables:
+            value = variables[times_letter]
+            if not isinstance(value, np.ndarray):
+                raise _scalar_times(times_letter)
+            if type(value) is not np.ndarray or value.dtype is not _F8 or value.ndim != 1:
+                return None
+            size = value.size
+            if count is not None and count <= size:
+                # The count scalar says how many slots are real; the rest is DIM padding.
+                if count > _SHORT:
+                    return None
+                stamps = (value[:count] if size > _SHORT else value).tolist()
+                del stamps[count:]
+            else:
+                if size > _SHORT:
+                    return None
+                # Trailing zeros are padding (as np.flatnonzero: NaN is not zero, -0.0 is).
+                stamps = value.tolist()
+                n = size
+                while n and stamps[n - 1] == 0:
+                    n -= 1
+                del stamps[n:]
+        elif events is not None:
+            if event in events:
+                stamps = events[event]
+            elif event in configured:
+                stamps = []
+        if count is None and stamps is not None:
+            counts.append(len(stamps))
+            counted.append(True)
+        else:
+            counts.append(count)
+            counted.append(False)
+        times.append(stamps)
+
+    a, i = (0, 1) if active_side == "left" else (1, 0)
+    # A time-out press logged only with the time-out code is still a press on the active
+    # lever; one logged twice (lever code + time-out code at the same tick) counts once.
+    active, timeout = times[a], times[3]
+    if events is not None and timeout is not None and active is not None:
+        pool: list[float] | set[float] = set(active) if len(active) * len(timeout) > 64 else active
+        extra = [t for t in timeout if t not in pool]
+        if extra:
+            times[a] = active + extra
+            if counted[a]:
+                counts[a] = len(active) + len(extra)
+
+    if counts[0] is None and counts[1] is None:
+        raise _no_lever_variable(variables)
+
+    streams = [
+        (name, stamps)
+        for name, stamps in (
+            ("active_press", times[a]),
+            ("inactive_press", times[i]),
+            ("reinforcer", times[2]),
+            ("timeout_press", times[3]),
+        )
+        if stamps
+    ]
+    if events and not _KNOWN_EVENTS.issuperset(events):
+        streams += [(k, v) for k, v in events.items() if k not in _KNOWN_EVENTS and v]
+        # Events at the same time are ordered by name, then as listed (a stable sort).
+        streams.sort(key=_stream_name)
+    flat: list[float] = []
+    names: list[str] = []
+    for name, stamps in streams:
+        flat += stamps
+        names += [name] * len(stamps)
+    has_events = times[0] is not None or times[1] is not None
+    if not flat:
+        empty = np.empty(0, dtype=np.float64), np.empty(0, dtype=object)
+        return counts[a], counts[i], counts[2], counts[3], has_events, *empty
+    total = sum(flat)
+    if total != total or 0.0 in flat:  # a NaN, or a zero that may be -0.0
+        return None
+    stamped = np.array(flat, dtype=np.float64)
+    order = stamped.argsort(kind="stable")
+    event_t = stamped[order]
+    event_name = np.array(names, dtype=object)[order]
+    return counts[a], counts[i], counts[2], counts[3], has_events, event_t, event_name
+
+
+def _decode_short(
+    values: np.ndarray, tick_seconds: float, codes: Mapping[int, str]
+) -> dict[str, list[float]] | None:
+    """Return :func:`_decode_time_code` with lists, or None if numpy must do it.
+
+    The lists hold the times of each event in file order (numpy sorts those of codes that
+    share a name; :func:`_measures` sorts all events stably at the end).
+    """
+    if (
+        type(values) is not np.ndarray
+        or values.dtype is not _F8
+        or values.ndim != 1
+        or values.size > _SHORT_EVENTS
+    ):
+        return None
+    stamps: list[float] = values.tolist()
+    n = len(stamps)
+    while n and stamps[n - 1] == 0:
+        n -= 1
+    del stamps[n:]
+    by_code: dict[int, list[float]] = {}
+    if stamps:
+        total = sum(stamps)
+        lowest = min(stamps)
+        if total != total or not (lowest > -_HUGE and max(stamps) < _HUGE):
+            return None  # NaN, infinities, or values past an int64 of thousandths
+        # round() rounds half to even like np.rint, and never decreases: the smallest
+        # value gives the smallest tick.
+        if round(lowest * 1000.0) < 0:
+            raise _negative_events()
+        for value in stamps:
+            tick, code = divmod(round(value * 1000.0), 1000)
+            # A float64 tick times the tick length: the product numpy computes.
+            found = by_code.get(code)
+            if found is None:
+                by_code[code] = [tick * tick_seconds]
+            else:
+                found.append(tick * tick_seconds)
+    out: dict[str, list[float]] = {}
+    for code in sorted(by_code):
+        name = codes.get(code, f"code_{code}")
+        sel = by_code[code]
+        out[name] = out[name] + sel if name in out else sel
+    return out
+
+
+def _measures_numpy(
+    variables: Mapping[str, float | np.ndarray], plan: _Plan, active_side: str
+) -> _Measured:
+    """Return the counts and events of a session, whatever its values (numpy throughout)."""
+    inactive_side = "right" if active_side == "left" else "left"
     events = _session_events(variables, plan.events)
     configured = plan.event_names
     # The measures whose count is the number of their events (no count variable).
@@ -478,12 +955,7 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
                 counts[active_side] = int(times[active_side].size)
 
     if counts["left"] is None and counts["right"] is None:
-        raise SessionError(
-            "none of the variables the config names for the levers is in the session "
-            f"(found {', '.join(variables) or 'no variables'}).",
-            reason_code=Reason.MISSING_VARIABLE,
-            hint="Check [levers] / [events] in configs/experiment.toml against `labpipe inspect`.",
-        )
+        raise _no_lever_variable(variables)
 
     streams: list[tuple[str, np.ndarray]] = []
     for key, event in (
@@ -512,27 +984,45 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
         event_name = np.array(names, dtype=object)[order]
     else:
         event_t, event_name = np.empty(0, dtype=np.float64), np.empty(0, dtype=object)
+    return (
+        counts[active_side],
+        counts[inactive_side],
+        counts["reinforcers"],
+        counts["timeout"],
+        bool(has_events),
+        event_t,
+        event_name,
+    )
 
-    record: dict[str, Any] = {
-        "session_id": ident.session_id,
-        "subject_raw": subject_raw,
-        "subject": animal.subject,
-        "active_lever": active_side,
-        "box": box,
-        "msn": msn,
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "duration_min": duration_min,
-        "dst_crossing": bool(dst),
-        "active": counts[active_side],
-        "inactive": counts[inactive_side],
-        "reinforcers": counts["reinforcers"],
-        "timeout_active": counts["timeout"],
-        "has_events": bool(has_events),
-        "source_file": source_file,
-        "source_block": raw.block,
-    }
-    return MappedSession(ident, record, event_t, event_name)
+
+def _no_lever_variable(variables: Mapping[str, float | np.ndarray]) -> SessionError:
+    return SessionError(
+        "none of the variables the config names for the levers is in the session "
+        f"(found {', '.join(variables) or 'no variables'}).",
+        reason_code=Reason.MISSING_VARIABLE,
+        hint="Check [levers] / [events] in configs/experiment.toml against `labpipe inspect`.",
+    )
+
+
+def _scalar_events(letter: str) -> SessionError:
+    return SessionError(
+        f"events.array '{letter}' is a scalar in this session, not an array.",
+        reason_code=Reason.BAD_VALUE,
+    )
+
+
+def _scalar_times(letter: str) -> SessionError:
+    return SessionError(
+        f"times variable {letter} is a scalar in this session; the config expects an array.",
+        reason_code=Reason.BAD_VALUE,
+    )
+
+
+def _negative_events() -> SessionError:
+    return SessionError(
+        "the event array holds negative values; it is not TIME.CODE.",
+        reason_code=Reason.BAD_EVENT_CODE,
+    )
 
 
 def _stream_name(stream: tuple[str, np.ndarray]) -> str:
@@ -547,10 +1037,7 @@ def _session_events(
         return None
     values = variables[ev.array]
     if not isinstance(values, np.ndarray):
-        raise SessionError(
-            f"events.array '{ev.array}' is a scalar in this session, not an array.",
-            reason_code=Reason.BAD_VALUE,
-        )
+        raise _scalar_events(ev.array)
     return _decode_time_code(values, ev.tick_seconds, ev.codes)
 
 
@@ -608,10 +1095,7 @@ def _scalar_count(value: float | np.ndarray, letter: str) -> int:
 
 def _press_times(value: float | np.ndarray, letter: str, count: int | None) -> np.ndarray:
     if not isinstance(value, np.ndarray):
-        raise SessionError(
-            f"times variable {letter} is a scalar in this session; the config expects an array.",
-            reason_code=Reason.BAD_VALUE,
-        )
+        raise _scalar_times(letter)
     if count is not None and count <= value.size:
         # The count scalar says how many slots are real; the rest is DIM padding.
         real = value[:count]
@@ -631,10 +1115,7 @@ def _decode_time_code(
     # Work in integer thousandths so 53600.011 is tick 53600, code 11, with no float drift.
     packed = np.rint(values * 1000.0).astype(np.int64)
     if (packed < 0).any():
-        raise SessionError(
-            "the event array holds negative values; it is not TIME.CODE.",
-            reason_code=Reason.BAD_EVENT_CODE,
-        )
+        raise _negative_events()
     ticks, code = np.divmod(packed, 1000)
     t = ticks.astype(np.float64) * tick_seconds
     out: dict[str, np.ndarray] = {}
