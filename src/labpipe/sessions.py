@@ -346,13 +346,17 @@ class _Day:
         self.midnights: dict[str, datetime] = {}
 
 
-def _session_clock(header: Mapping[str, str], day: _Day) -> tuple[str, str, float, bool]:
+def _session_clock(
+    header: Mapping[str, str], start_date: str, start_time: str, day: _Day
+) -> tuple[str, str, float, bool]:
     """Return :func:`session_times` of a header as ISO 8601 texts.
 
     Parameters
     ----------
     header
         The session's header.
+    start_date, start_time
+        Its ``Start Date`` and ``Start Time`` as written (the header's, already read).
     day
         The time zone and its midnights.
 
@@ -367,10 +371,7 @@ def _session_clock(header: Mapping[str, str], day: _Day) -> tuple[str, str, floa
     SessionError
         The errors of :func:`session_times`, in the same order, with the same messages.
     """
-    start_date = header.get("Start Date", "")
-    start, start_us, start_off, start_iso = _clock(
-        start_date, header.get("Start Time", ""), "Start", day
-    )
+    start, start_us, start_off, start_iso = _clock(start_date, start_time, "Start", day)
     end_date = header.get("End Date", "").strip()
     end_time = header.get("End Time", "").strip()
     if not end_time:
@@ -699,16 +700,18 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
             reason_code=Reason.UNKNOWN_PHASE,
             hint="Add a [[phases]] rule whose msn pattern matches it, then run ingest again.",
         )
-    for field in _REQUIRED:
-        if not get(field, "").strip():
+    start_date = get("Start Date", "")
+    start_time = get("Start Time", "")
+    box_txt = get("Box", "").strip()
+    for field, text in (("Start Date", start_date), ("Start Time", start_time), ("Box", box_txt)):
+        if not text.strip():
             raise SessionError(f"the header has no {field}.", reason_code=Reason.BAD_HEADER)
-    box_txt = header["Box"].strip()
     box = int(box_txt) if box_txt.isdigit() else None
 
     day = plan.day
     if day is None:
         day = plan.day = _Day(ZoneInfo(plan.timezone))
-    start, end, duration_min, dst = _session_clock(header, day)
+    start, end, duration_min, dst = _session_clock(header, start_date, start_time, day)
 
     active_side = animal.active_lever
     variables = raw.variables
@@ -744,8 +747,6 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
     return mapped
 
 
-#: Header fields a session must have, checked in this order.
-_REQUIRED = ("Start Date", "Start Time", "Box")
 _UNSEEN: Any = object()
 
 #: (active, inactive, reinforcers, timeout_active, has_events, event_t, event_name).
@@ -775,6 +776,7 @@ def _measures(
     are equal with other bits (``0.0`` and ``-0.0``) or are NaN (which numpy sorts last and
     Python not at all); sessions with a NaN or a zero time are left to numpy.
     """
+    get = variables.get
     events: dict[str, list[float]] | None = None
     letter = plan.event_array
     if letter is not None and letter in variables:
@@ -784,45 +786,45 @@ def _measures(
         events = _decode_short(values, plan.tick_seconds, plan.codes)
         if events is None:
             return None
-    configured = plan.event_names
     counts: list[int | None] = []
     times: list[list[float] | None] = []
     counted: list[bool] = []
     for count_letter, times_letter, event in plan.measures:
         count: int | None = None
         stamps: list[float] | None = None
-        if count_letter is not None and count_letter in variables:
-            value = variables[count_letter]
+        value = get(count_letter, _ABSENT)  # type: ignore[arg-type]
+        if value is not _ABSENT:
             if type(value) is float and value >= 0.0 and value.is_integer():
                 count = int(value)
             else:
-                count = _scalar_count(value, count_letter)
-        if times_letter is not None and times_letter in variables:
-            value = variables[times_letter]
-            if not isinstance(value, np.ndarray):
-                raise _scalar_times(times_letter)
-            if type(value) is not np.ndarray or value.dtype is not _F8 or value.ndim != 1:
+                count = _scalar_count(value, count_letter)  # type: ignore[arg-type]
+        value = get(times_letter, _ABSENT)  # type: ignore[arg-type]
+        if value is not _ABSENT:
+            if type(value) is np.ndarray and value.dtype is _F8 and value.ndim == 1:
+                size = value.size
+                if count is not None and count <= size:
+                    # The count scalar says how many slots are real; the rest is padding.
+                    if count > _SHORT:
+                        return None
+                    stamps = (value[:count] if size > _SHORT else value).tolist()
+                    del stamps[count:]
+                elif size > _SHORT:
+                    return None
+                else:
+                    # Trailing zeros are padding (as np.flatnonzero: NaN is not zero, -0.0
+                    # is).
+                    stamps = value.tolist()
+                    n = size
+                    while n and stamps[n - 1] == 0:
+                        n -= 1
+                    del stamps[n:]
+            elif isinstance(value, np.ndarray):
                 return None
-            size = value.size
-            if count is not None and count <= size:
-                # The count scalar says how many slots are real; the rest is DIM padding.
-                if count > _SHORT:
-                    return None
-                stamps = (value[:count] if size > _SHORT else value).tolist()
-                del stamps[count:]
             else:
-                if size > _SHORT:
-                    return None
-                # Trailing zeros are padding (as np.flatnonzero: NaN is not zero, -0.0 is).
-                stamps = value.tolist()
-                n = size
-                while n and stamps[n - 1] == 0:
-                    n -= 1
-                del stamps[n:]
+                raise _scalar_times(times_letter)  # type: ignore[arg-type]
         elif events is not None:
-            if event in events:
-                stamps = events[event]
-            elif event in configured:
+            stamps = events.get(event)
+            if stamps is None and event in plan.event_names:
                 stamps = []
         if count is None and stamps is not None:
             counts.append(len(stamps))
@@ -833,40 +835,54 @@ def _measures(
         times.append(stamps)
 
     a, i = (0, 1) if active_side == "left" else (1, 0)
+    active, inactive, reinforcers, timeout = times[a], times[i], times[2], times[3]
     # A time-out press logged only with the time-out code is still a press on the active
     # lever; one logged twice (lever code + time-out code at the same tick) counts once.
-    active, timeout = times[a], times[3]
     if events is not None and timeout is not None and active is not None:
         pool: list[float] | set[float] = set(active) if len(active) * len(timeout) > 64 else active
         extra = [t for t in timeout if t not in pool]
         if extra:
-            times[a] = active + extra
+            active = active + extra
             if counted[a]:
-                counts[a] = len(active) + len(extra)
+                counts[a] = len(active)
 
     if counts[0] is None and counts[1] is None:
         raise _no_lever_variable(variables)
 
-    streams = [
-        (name, stamps)
-        for name, stamps in (
-            ("active_press", times[a]),
-            ("inactive_press", times[i]),
-            ("reinforcer", times[2]),
-            ("timeout_press", times[3]),
-        )
-        if stamps
-    ]
-    if events and not _KNOWN_EVENTS.issuperset(events):
-        streams += [(k, v) for k, v in events.items() if k not in _KNOWN_EVENTS and v]
-        # Events at the same time are ordered by name, then as listed (a stable sort).
-        streams.sort(key=_stream_name)
+    has_events = times[0] is not None or times[1] is not None
     flat: list[float] = []
     names: list[str] = []
-    for name, stamps in streams:
-        flat += stamps
-        names += [name] * len(stamps)
-    has_events = times[0] is not None or times[1] is not None
+    if events and not _KNOWN_EVENTS.issuperset(events):
+        # Events at the same time are ordered by name, then as listed (a stable sort).
+        streams = [
+            (name, stamps)
+            for name, stamps in (
+                ("active_press", active),
+                ("inactive_press", inactive),
+                ("reinforcer", reinforcers),
+                ("timeout_press", timeout),
+            )
+            if stamps
+        ]
+        streams += [(k, v) for k, v in events.items() if k not in _KNOWN_EVENTS and v]
+        streams.sort(key=_stream_name)
+        for name, stamps in streams:
+            flat += stamps
+            names += [name] * len(stamps)
+    else:
+        # These four names are in order already.
+        if active:
+            flat += active
+            names += ["active_press"] * len(active)
+        if inactive:
+            flat += inactive
+            names += ["inactive_press"] * len(inactive)
+        if reinforcers:
+            flat += reinforcers
+            names += ["reinforcer"] * len(reinforcers)
+        if timeout:
+            flat += timeout
+            names += ["timeout_press"] * len(timeout)
     if not flat:
         empty = np.empty(0, dtype=np.float64), np.empty(0, dtype=object)
         return counts[a], counts[i], counts[2], counts[3], has_events, *empty
@@ -878,6 +894,10 @@ def _measures(
     event_t = stamped[order]
     event_name = np.array(names, dtype=object)[order]
     return counts[a], counts[i], counts[2], counts[3], has_events, event_t, event_name
+
+
+#: A letter the session does not have.
+_ABSENT: Any = object()
 
 
 def _decode_short(
