@@ -238,10 +238,14 @@ def ingest_child(lab: str, workers: int) -> None:
     t = time.perf_counter()
     s = ingest.ingest(cfg, workers=workers)
     dt = time.perf_counter() - t
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
             {
                 "seconds": dt,
+                "cpu_main_s": me.ru_utime + me.ru_stime,
+                "cpu_workers_s": kids.ru_utime + kids.ru_stime,
                 "files_read": s.files_read,
                 "files_seen": s.files_seen,
                 "sessions_added": s.sessions_added,
@@ -294,6 +298,11 @@ def ingest_bench(lab: Path, label: str) -> None:
     print(
         f"  labpipe {r['seconds']:6.1f} s = {fps:6.0f} files/s, {r['sessions_added']} sessions; "
         f"peak RSS main {r['rss_main_mb']:.0f} MB, largest worker {r['rss_worker_mb']:.0f} MB"
+    )
+    print(
+        f"  CPU: committing process {r['cpu_main_s']:.1f} s (imports included), "
+        f"workers {r['cpu_workers_s']:.1f} s = {r['cpu_workers_s'] / r['files_read'] * 1e3:.2f}"
+        " ms a file"
     )
     print(f"  reference (read + sha256 + parse only, 2 processes) {ref:6.0f} files/s")
     # Nightly: one new file on this history.
