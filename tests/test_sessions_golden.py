@@ -19,8 +19,11 @@ Sources:
   with unknown codes, negative values or presses logged twice);
 * ``corpus`` — the real MED-PC files of ``../shared/corpus/medpc`` (skipped when absent).
 
-Run ``python tests/test_sessions_golden.py --write`` to record the digests again; only do
-so for a deliberate change of the mapping (and bump ``MAPPING_VERSION`` then).
+The demo, scaled and corpus sessions come through the MED-PC reader, so these digests also
+pin the values it reads (the synthetic ones do not). Run
+``python tests/test_sessions_golden.py --write`` to record the digests again; only do so
+for a deliberate change of the mapping (and bump ``MAPPING_VERSION`` then) or of what the
+reader returns, with the committed ``labpipe`` (not a half-edited working tree).
 """
 
 from __future__ import annotations

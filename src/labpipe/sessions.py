@@ -747,6 +747,7 @@ def _map(raw: RawSession, plan: _Plan, *, source_file: str, ident: Identity) -> 
     return mapped
 
 
+#: A subject or program the plan has not looked up yet (None means "not in the config").
 _UNSEEN: Any = object()
 
 #: (active, inactive, reinforcers, timeout_active, has_events, event_t, event_name).
