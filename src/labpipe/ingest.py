@@ -418,10 +418,12 @@ def _run(
         or not (processed / "sessions.parquet").exists()
         or (cat.meta("sessions_built_with") != cfg.fingerprint)
     ):
-        write_sessions_table(cfg, cat)
+        write_sessions_table(cfg, cat, None if memo is None else memo.records)
 
 
-def write_sessions_table(cfg: Experiment, cat: Catalog) -> None:
+def write_sessions_table(
+    cfg: Experiment, cat: Catalog, stored: list[pd.DataFrame] | None = None
+) -> None:
     """Rewrite ``sessions.parquet`` from the catalog and the config.
 
     The records of the sessions the current file was built from are taken from the file
@@ -429,17 +431,21 @@ def write_sessions_table(cfg: Experiment, cat: Catalog) -> None:
     :meth:`labpipe.catalog.Catalog.sessions_state`, and the file's sha256 as written), so
     a nightly run decodes only the new sessions' records; otherwise every record is read
     from the catalog. Either way the file is byte-identical to one built from scratch.
+
+    ``stored`` (a run that started from a catalog storing nothing) holds the records of
+    every session the run stored, decoded as it committed them: all the catalog holds.
     """
     processed = cfg.processed_dir
     state = cat.sessions_state()
-    base = _sessions_base(cfg, cat)
-    if base is None:
-        frame = catalog_sessions_frame(cfg, cat)
+    if stored is not None:
+        records = pd.concat(stored, ignore_index=True) if stored else store.records_frame([])
+    elif (base := _sessions_base(cfg, cat)) is None:
+        records = store.records_frame(cat.session_records())
     else:
         old, last = base
         new = store.records_frame(cat.session_records(after=last))
         records = pd.concat([old, new], ignore_index=True) if len(new) else old
-        frame = sessions_frame(records, cfg)
+    frame = sessions_frame(records, cfg)
     sha256 = store.write_sessions(processed, frame, cfg.timezone)
     built = {"epoch": state.epoch, "rows": state.rows, "last": state.last, "sha256": sha256}
     crash_point("sessions_written")
@@ -574,6 +580,9 @@ class _Stored:
     slot: dict[str, list[StoredSession]] = field(default_factory=dict)
     #: sha256 -> paths of the ingested or partial files with that content, sorted.
     sha: dict[str, list[str]] = field(default_factory=dict)
+    #: The records of the sessions stored, one frame a commit (``sessions.parquet`` is
+    #: built from them, decoded while the workers still parse, not at the end of the run).
+    records: list[pd.DataFrame] = field(default_factory=list)
 
 
 def _commit_batch(
@@ -743,6 +752,8 @@ def _commit_batch(
         for row in file_rows:
             if row["status"] in ("ingested", "partial"):
                 bisect.insort(memo.sha.setdefault(row["sha256"], []), row["path"])
+        if session_rows:
+            memo.records.append(store.records_frame([r["record"] for r in session_rows]))
     if parts:
         for p in parts:
             store.publish_part(processed, p["name"])
