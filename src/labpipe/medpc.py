@@ -105,7 +105,11 @@ Rules of the reader
   ``TOO_LARGE`` (see :class:`Limits`). Nothing else escapes: no ``ValueError``,
   ``UnicodeDecodeError``, ``IndexError`` or ``MemoryError``; memory and time are bounded by
   the caps whatever the bytes.
-* Speed: each line is read once. The arrays of a file are read together by numpy alone
+* Speed: a small file laid out exactly as MED-PC writes it (no comment, no blank line
+  inside a block, rows of one width labelled as MED-PC labels them, nothing cut off...)
+  is read first by a lean reader on its bytes (:func:`_parse_standard`: a few splits,
+  one ``float`` map); anything it does not take goes to the general reader below. Each
+  line is read once. The arrays of a file are read together by numpy alone
   (:func:`_vector_rows`: token bounds, labels, dots, signs and exponents found with
   whole-array operations, each value computed as an exact integer times or over a power
   of ten, which gives exactly ``float(text)``). Whatever that reader doubts (a bad row,
@@ -962,6 +966,10 @@ def parse_medpc(
 
 
 def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
+    if _STANDARD and len(data) <= _STANDARD_MAX_BYTES:
+        parsed = _parse_standard(data, limits)
+        if parsed is not None:
+            return parsed
     content, padded = _check_bytes(data, source, limits)
     text, codec = _decode(content)
     newline = _newline_style(content)
@@ -1082,6 +1090,219 @@ def _draft_blocks(
     if not _fill_all(pending, limits):
         return [None] * len(blocks)
     return drafts
+
+
+# ---------------------------------------------------------------------------------------
+# Small standard files: a lean reader for the usual layout
+# ---------------------------------------------------------------------------------------
+
+#: Try :func:`_parse_standard` before the general reader (tests switch it off to compare).
+_STANDARD = True
+#: Larger files go straight to the general reader.
+_STANDARD_MAX_BYTES = 1 << 16
+# The lean reader works on the bytes: line ends normalised to b"\n" and one b"\n" put in
+# front, as _parse does with the text. Its patterns are _BLOCK_RE's, _VAR_RE's and
+# _HEADER_LINE_RE's, on bytes.
+_STD_BLOCK_SPLIT = re.compile(rb"\nStart Date[ \t]*:")
+_STD_VAR_SPLIT = re.compile(rb"\n([A-Z]):([^\n]*)")
+_STD_FIELD_RE = re.compile(rb"\n([A-Za-z][A-Za-z ]*[A-Za-z])[ \t]*:([^\n]*)")
+#: A header as MED-PC writes it (HEADER_FIELDS, in order; "Start Date:" is split off
+#: before): its values, read in one match.
+_STD_HEAD_RE = re.compile(
+    rb"([^\n]*)\nEnd Date:([^\n]*)\nSubject:([^\n]*)\nExperiment:([^\n]*)\nGroup:([^\n]*)"
+    rb"\nBox:([^\n]*)\nStart Time:([^\n]*)\nEnd Time:([^\n]*)\nMSN:([^\n]*)"
+)
+#: The text before the first block, when not blank: blank lines around one `File:` line.
+_STD_PRELUDE = re.compile(rb"(?:\n[ \t]*)*\nFile[ \t]*:([^\n]*)(?:\n[ \t]*)*")
+#: MED-PC's framing before a block (the CR LF ending a line, LF, CR, CR LF), and four CR LF
+#: line ends in its place: the same four line ends.
+_STD_FRAMING = (b"\r\n\n\r\r\n", b"\r\n\r\n\r\n\r\n")
+#: The bytes that start a character of two or more bytes in UTF-8.
+_UTF8_LEADS = bytes(range(0xC2, 0xF5))
+#: Row labels of arrays of k values a row, by k: [b"0:", b"5:", b"10:", ...] for k = 5.
+_STD_ROW_LABELS: dict[int, list[bytes]] = {}
+
+
+def _row_labels(k: int, n: int) -> list[bytes]:
+    """Return the labels of ``n`` rows or more of ``k`` values (cached for usual sizes)."""
+    labels = _STD_ROW_LABELS.get(k)
+    if labels is None or len(labels) < n:
+        labels = list(map(b"%d:".__mod__, range(0, max(n, 64) * k, k)))
+        if k <= 16 and n <= 4096:
+            _STD_ROW_LABELS[k] = labels
+    return labels
+
+
+def _standard_lines(data: bytes) -> tuple[bytes, str]:
+    r"""Return ``data`` with its line ends normalised to b"\n", and :func:`_newline_style`.
+
+    Normalises as :func:`_parse` does (CR LF, then each lone CR, is one b"\n"). A file
+    whose line ends are all CR LF, but for MED-PC's framing before a block (whose lone LF
+    and CR end blank lines), is "CRLF" at once.
+    """
+    if data.find(b"\r") < 0:
+        return data, "LF"
+    text = data.replace(*_STD_FRAMING).replace(b"\r\n", b"\x00")  # (no NUL in data)
+    if text.find(b"\r") >= 0 or text.find(b"\n") >= 0:
+        return text.replace(b"\r", b"\n").replace(b"\x00", b"\n"), _newline_style(data)
+    return text.replace(b"\x00", b"\n"), "CRLF"
+
+
+def _standard_decode(values: bytes) -> tuple[str, str]:
+    """Decode the header values as :func:`_decode` decodes their file (see the caller)."""
+    if values.isascii():
+        return values.decode("ascii"), "utf-8"
+    if len(values.translate(None, _UTF8_LEADS)) == len(values):
+        # Other than ASCII, and no UTF-8 lead byte: not UTF-8. Skip trying (and failing).
+        try:
+            return values.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError:
+            return values.decode("latin-1"), "latin-1"
+    return _decode(values)
+
+
+def _parse_standard(data: bytes, limits: Limits) -> ParsedFile | None:
+    r"""Read a file laid out as MED-PC writes it, quickly; None for anything else.
+
+    Takes blank lines around an optional ``File:`` line, then blocks: a ``Start Date:``
+    line and more ``Name: value`` header lines; variables, each a scalar ``X: value`` or
+    an array ``X:`` with rows ``[ \t]*label: values`` of ``k`` values each (the last row 1
+    to ``k``) labelled ``0:``, ``k:``, ``2k:`` ...; blank lines only at the end of a block
+    (the framing before the next one); a line end at the end of the file; ASCII outside
+    the header values. Splits pull the fields and values out, and one ``float`` map
+    converts every value. What it takes, the general reader reads without a problem into
+    the same sessions, bit for bit; anything else (comments, NUL bytes, a byte-order mark,
+    a cut-off or short last block, a missing identity field, a name or letter twice, an
+    unusual row or number, a value that is not finite...) returns None, and the general
+    reader reads it or names what is wrong.
+    """
+    if (
+        len(data) > min(limits.max_file_bytes, limits.max_line_chars, limits.max_array_values)
+        # A complete file ends with a line end (a CR LF file, with CR LF).
+        or not data.endswith((b"\n", b"\r"))
+        or (data.endswith(b"\r") and data.find(b"\r\n") >= 0)
+        # (bytes.find, not `in`: `in` first tries its argument as an int, at a cost.)
+        or data.find(b"\x00") >= 0  # NUL padding; b"\x00" also stands in for CR LF below
+        or data.find(b"\x0b") >= 0  # blanks that bytes.split takes and _small_arrays
+        or data.find(b"\x0c") >= 0  # does not take before a row label
+    ):
+        return None
+    lines, newline = _standard_lines(data)
+    text = b"\n" + lines
+    start = text.find(b"\nStart Date")
+    if start < 0:
+        return None
+    if text.find(b"\nStart Date", start + 11) < 0:  # one block: no need for the regex
+        opening = _STD_BLOCK_SPLIT.match(text, start)
+        if opening is None:
+            return None
+        parts = [text[:start], text[opening.end() :]]
+    else:
+        parts = _STD_BLOCK_SPLIT.split(text, limits.max_blocks)
+        if len(parts) > limits.max_blocks:
+            return None
+    file_line = b""
+    if parts[0].strip():
+        prelude = _STD_PRELUDE.fullmatch(parts[0])
+        if prelude is None:
+            return None
+        file_line = prelude.group(1)
+    names: list[str] = []  # the header fields of every block, and their values
+    values: list[bytes] = []
+    tokens: list[bytes] = []  # the variables' values, all blocks together
+    # Per block: where its header fields end in names, its letters, and where each
+    # variable's values are in tokens (an index for a scalar, a slice for an array).
+    plans: list[tuple[int, str, list[int | slice]]] = []
+    labels_of = _STD_ROW_LABELS.get
+    for part in parts[1:]:
+        pieces = _STD_VAR_SPLIT.split(part)
+        head = pieces[0]
+        # No variable is BAD_HEADER; float takes "1_0" where _NUMBER_RE does not.
+        if len(pieces) < 4 or part.find(b"_", len(head)) >= 0:
+            return None
+        usual = _STD_HEAD_RE.fullmatch(head)
+        if usual is not None:
+            names += HEADER_FIELDS
+            values += usual.groups()
+        else:
+            fields = _STD_FIELD_RE.findall(b"\nStart Date:" + head)
+            if len(fields) != head.count(b"\n") + 1:
+                return None  # a line that is not a field (BAD_HEADER), or a comment
+            names += b"\x00".join([name for name, _ in fields]).decode("ascii").split("\x00")
+            values += [value for _, value in fields]
+        spans: list[int | slice] = []
+        for value, rows in zip(map(bytes.strip, pieces[2::3]), pieces[3::3], strict=True):
+            start = len(tokens)
+            rows = rows.rstrip(b" \t\n")  # the lines up to the next letter, blank ones cut
+            if value:  # a scalar: no row may follow it
+                if rows:
+                    return None
+                tokens.append(value)
+                spans.append(start)
+            elif not rows:  # an array without rows
+                spans.append(slice(start, start))
+            else:
+                # Each row: its label and k values, the last row 1 to k values. Then the
+                # first word of each row is every (k+1)-th word, and it must be the label
+                # b"0:", b"k:", ... (the number of values before the row).
+                row_words = list(map(bytes.split, rows.split(b"\n")))  # [[], [b"0:", ...]
+                counts = list(map(len, row_words))
+                width = counts[1]
+                n_rows = len(counts) - 1
+                if not 2 <= counts[-1] <= width or counts[1:-1] != [width] * (n_rows - 1):
+                    return None
+                words = list(itertools.chain.from_iterable(row_words))
+                labels = labels_of(width - 1)
+                if labels is None or len(labels) < n_rows:
+                    labels = _row_labels(width - 1, n_rows)
+                if words[::width] != labels[:n_rows]:
+                    return None
+                del words[::width]
+                tokens += words
+                spans.append(slice(start, len(tokens)))
+        plans.append((len(names), b"".join(pieces[1::3]).decode(), spans))
+    try:
+        # On bytes, float takes ASCII numbers as _NUMBER_RE reads them, underscores (none
+        # here), "nan" and "inf" (caught below), and nothing else.
+        numbers = list(map(float, tokens))
+    except ValueError:
+        return None
+    if not math.isfinite(sum(numbers)):
+        return None  # a value too large for a double (or a sum that is: let it be)
+    flat = np.fromiter(numbers, np.float64, len(numbers))
+    # Every byte but those of the header and File values is ASCII (names, letters, and
+    # every value float took): decoding those decodes the file. b"\x00" and b"\n" are one
+    # character in each codec, and never part of another.
+    texts, codec = _standard_decode(b"\x00".join([*values, file_line]))
+    field_values = list(map(str.strip, texts.split("\x00")))
+    file_text = field_values.pop()
+    sessions: list[RawSession] = []
+    line = parts[0].count(b"\n") + 1  # the b"\n" before "Start Date" went with the split
+    at = 0
+    for index, (end, letters, spans) in enumerate(plans):
+        header = dict(zip(names[at:end], field_values[at:end], strict=True))
+        # No name twice (BAD_HEADER), nor "File" (it opens a block), nor a letter twice.
+        if len(header) != end - at or "File" in header or len(set(letters)) != len(letters):
+            return None
+        at = end
+        if not ("Start Time" in header and "Subject" in header and "Box" in header):
+            return None
+        if file_line:
+            header = {"File": file_text, **header}
+        variables = [numbers[s] if s.__class__ is int else flat[s] for s in spans]
+        sessions.append(
+            RawSession(
+                header=header,
+                variables=dict(zip(letters, variables, strict=True)),
+                block=index,
+                line=line,
+            )
+        )
+        if index + 1 < len(plans):
+            line += parts[index + 1].count(b"\n") + 1
+    if len(sessions) > 1 and _stops_short(sessions[-1], sessions[:-1]):
+        return None
+    return ParsedFile(sessions=tuple(sessions), problems=(), encoding=codec, newline=newline)
 
 
 def _stops_short(session: RawSession, earlier: Sequence[RawSession]) -> bool:
