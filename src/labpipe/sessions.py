@@ -242,20 +242,29 @@ def parse_clock(
     ymd = _date_fields(date_text)
     hms = _time_fields(time_text)
     if ymd is None or hms is None:
-        raise SessionError(
-            f"{field} Date/Time '{date_text} {time_text}' is not MM/DD/YY HH:MM:SS.",
-            reason_code=Reason.BAD_DATE,
-        )
+        raise _not_a_clock(field, date_text, time_text)
     try:
         # Checks the date, then the time, with the messages of date() and time().
         local = datetime(*ymd, *hms, tzinfo=tz)
     except ValueError as exc:
-        raise SessionError(
-            f"{field} Date/Time '{date_text} {time_text}' is not a real date or time "
-            f"({exc}); MED-PC writes dates as MM/DD/YY.",
-            reason_code=Reason.BAD_DATE,
-        ) from exc
+        raise _not_a_clock(field, date_text, time_text, exc) from exc
     return local, local.astimezone(UTC)
+
+
+def _not_a_clock(
+    field: str, date_text: str, time_text: str, exc: ValueError | None = None
+) -> SessionError:
+    """Return the error for a date and time that cannot be read (``exc``: not real)."""
+    if exc is None:
+        return SessionError(
+            f"{field} Date/Time '{date_text} {time_text}' is not MM/DD/YY HH:MM:SS.",
+            reason_code=Reason.BAD_DATE,
+        )
+    return SessionError(
+        f"{field} Date/Time '{date_text} {time_text}' is not a real date or time "
+        f"({exc}); MED-PC writes dates as MM/DD/YY.",
+        reason_code=Reason.BAD_DATE,
+    )
 
 
 # A lab's sessions share their dates (one a day), and start and end times recur across
@@ -399,10 +408,7 @@ def _clock(date_text: str, time_text: str, field: str, day: _Day) -> _Clock:
     date_info = _DAYS.get(date_text) or _date_info(date_text)
     time_info = _TIMES_OF_DAY.get(time_text) or _time_info(time_text)
     if not date_info or not time_info:
-        raise SessionError(
-            f"{field} Date/Time '{date_text} {time_text}' is not MM/DD/YY HH:MM:SS.",
-            reason_code=Reason.BAD_DATE,
-        )
+        raise _not_a_clock(field, date_text, time_text)
     ymd, ordinal, date_iso = date_info
     hms, seconds, time_iso, since_midnight = time_info
     midnight = day.midnights.get(date_text)
@@ -414,11 +420,7 @@ def _clock(date_text: str, time_text: str, field: str, day: _Day) -> _Clock:
             # Checks the date, then the time, with the messages of date() and time().
             local = datetime(*ymd, *hms, tzinfo=day.tz)
         except ValueError as exc:
-            raise SessionError(
-                f"{field} Date/Time '{date_text} {time_text}' is not a real date or time "
-                f"({exc}); MED-PC writes dates as MM/DD/YY.",
-                reason_code=Reason.BAD_DATE,
-            ) from exc
+            raise _not_a_clock(field, date_text, time_text, exc) from exc
         if len(day.midnights) > _CLOCK_MEMORY:
             day.midnights.clear()
         day.midnights[date_text] = datetime(*ymd, tzinfo=day.tz)
