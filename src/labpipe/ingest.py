@@ -378,23 +378,26 @@ def _run(
             )
             continue
         todo.append((path, rel, size, mtime_ns))
+    # A first ingest (or a re-derivation) starts from a catalog that stores nothing: what
+    # the run stores is all there is to compare with, and is kept in memory. A catalog
+    # with settled files (a nightly run) is not counted: it is not empty.
+    empty = fresh = False
+    if not settled:
+        counts = cat.counts()
+        empty = not sum(counts.values())
+        fresh = not (counts["sessions"] or counts.get("ingested") or counts.get("partial"))
     del settled
     # What the catalog already knows of the files to do (new, changed, pending, or set
     # aside with another config): rows to update rather than insert.
-    counts = cat.counts()
-    if sum(counts.values()):
+    known: dict[str, FileRow] = {}
+    if not empty:
         known = cat.files([t[1] for t in todo] + [p["path"] for p in pending_rows])
-    else:  # an empty catalog (a first ingest): nothing to look up
-        known: dict[str, FileRow] = {}
     if pending_rows:
         with cat.transaction() as con:
             for prow in pending_rows:
                 if known.get(prow["path"]) is None or known[prow["path"]].status == "pending":
                     cat.put_file(con, prow, summary.run_id)
 
-    # A first ingest (or a re-derivation) starts from a catalog that stores nothing: what
-    # the run has stored so far is all there is to compare with, and is kept in memory.
-    fresh = not (counts["sessions"] or counts.get("ingested") or counts.get("partial"))
     memo = _Stored() if fresh and _MEMO else None
     done = 0
     if progress is not None:
