@@ -36,7 +36,7 @@ import string
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -215,42 +215,6 @@ _ARRAY_TAGS: dict[str, dict[int, bytes]] = {c: {} for c in string.ascii_uppercas
 _TAG_MEMORY = 1024
 
 
-def parse_clock(
-    date_text: str, time_text: str, *, field: str, tz: ZoneInfo
-) -> tuple[datetime, datetime]:
-    """Read a MED-PC ``MM/DD/YY`` date and ``HH:MM:SS`` time into aware datetimes.
-
-    Parameters
-    ----------
-    date_text, time_text
-        The header values as written (hours may be padded with a space).
-    field
-        ``"Start"`` or ``"End"``, for messages.
-    tz
-        The chambers' time zone.
-
-    Returns
-    -------
-    tuple of datetime
-        The local time (aware, ``fold=0`` for an ambiguous hour) and the same instant in UTC.
-
-    Raises
-    ------
-    SessionError
-        ``BAD_DATE`` when the text is not a real date or time (e.g. 02/29/23, 13/01/24).
-    """
-    ymd = _date_fields(date_text)
-    hms = _time_fields(time_text)
-    if ymd is None or hms is None:
-        raise _not_a_clock(field, date_text, time_text)
-    try:
-        # Checks the date, then the time, with the messages of date() and time().
-        local = datetime(*ymd, *hms, tzinfo=tz)
-    except ValueError as exc:
-        raise _not_a_clock(field, date_text, time_text, exc) from exc
-    return local, local.astimezone(UTC)
-
-
 def _not_a_clock(
     field: str, date_text: str, time_text: str, exc: ValueError | None = None
 ) -> SessionError:
@@ -292,50 +256,14 @@ def _time_fields(text: str) -> tuple[int, int, int] | None:
     return int(tm.group(1)), int(tm.group(2)), int(tm.group(3))
 
 
-def session_times(raw: RawSession, tz: ZoneInfo) -> tuple[datetime, datetime, float, bool]:
-    """Return start, end (local, aware), real duration in minutes, and DST crossing.
-
-    Without an ``End Date`` the session ends on its start date, or the next day when the
-    end time is earlier than the start time (a session past midnight).
-
-    Raises
-    ------
-    SessionError
-        ``BAD_DATE`` for unreadable dates or an end before the start.
-    """
-    h = raw.header
-    start, start_utc = parse_clock(
-        h.get("Start Date", ""), h.get("Start Time", ""), field="Start", tz=tz
-    )
-    end_date = h.get("End Date", "").strip()
-    end_time = h.get("End Time", "").strip()
-    if not end_time:
-        raise SessionError("the session has no End Time.", reason_code=Reason.BAD_HEADER)
-    if end_date:
-        end, end_utc = parse_clock(end_date, end_time, field="End", tz=tz)
-    else:
-        end, end_utc = parse_clock(h.get("Start Date", ""), end_time, field="End", tz=tz)
-        if end_utc < start_utc:
-            end = (end.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=tz)
-            end_utc = end.astimezone(UTC)
-    if end_utc < start_utc:
-        raise SessionError(
-            f"End ({end:%m/%d/%y %H:%M:%S}) is before Start ({start:%m/%d/%y %H:%M:%S}).",
-            reason_code=Reason.BAD_DATE,
-            hint="Is the chamber PC's clock wrong?",
-        )
-    duration_min = (end_utc - start_utc).total_seconds() / 60.0
-    return start, end, duration_min, start.utcoffset() != end.utcoffset()
-
-
-# ---- The clock of a session as map_session reads it ----------------------------------------
+# ---- The clock of a session ---------------------------------------------------------------
 #
-# session_times() builds aware datetimes and map_session() then wants their ISO texts, UTC
-# difference and offsets: datetime(), astimezone() and isoformat() cost more than all the
-# rest of a session. _session_clock() gives the same results and messages with less: a
-# lab's sessions share their dates (one a day) and a zone has a handful of UTC offsets, so
-# the local time is the date's midnight plus the time of day, and the ISO text is pieced
-# together from the texts of the date, the time and the offset, each made once.
+# map_session() wants a session's start and end as ISO texts, its real duration and
+# whether the UTC offset changed: datetime(), astimezone() and isoformat() per session
+# would cost more than all the rest of it. A lab's sessions share their dates (one a day)
+# and a zone has a handful of UTC offsets, so the local time is the date's midnight plus
+# the time of day, and the ISO text is pieced together from the texts of the date, the
+# time and the offset, each made once.
 
 
 class _Day:
@@ -358,7 +286,10 @@ class _Day:
 def _session_clock(
     header: Mapping[str, str], start_date: str, start_time: str, day: _Day
 ) -> tuple[str, str, float, bool]:
-    """Return :func:`session_times` of a header as ISO 8601 texts.
+    """Return a session's start and end (ISO 8601), real duration and DST crossing.
+
+    Without an ``End Date`` the session ends on its start date, or the next day when the
+    end time is earlier than the start time (a session past midnight).
 
     Parameters
     ----------
@@ -372,13 +303,15 @@ def _session_clock(
     Returns
     -------
     tuple
-        Start and end (``datetime.isoformat()`` of the aware local times), the duration in
-        minutes and whether the UTC offset changed, exactly as from :func:`session_times`.
+        Start and end (``datetime.isoformat()`` of the aware local times, ``fold=0`` in an
+        ambiguous hour), the duration in minutes (UTC difference) and whether the UTC
+        offset changed.
 
     Raises
     ------
     SessionError
-        The errors of :func:`session_times`, in the same order, with the same messages.
+        ``BAD_DATE`` for an unreadable or unreal date or time (e.g. 02/29/23, 13/01/24)
+        or an end before the start; ``BAD_HEADER`` without an ``End Time``.
     """
     start, start_us, start_off, start_iso = _clock(start_date, start_time, "Start", day)
     end_date = header.get("End Date", "").strip()
@@ -404,7 +337,11 @@ def _session_clock(
 
 
 def _clock(date_text: str, time_text: str, field: str, day: _Day) -> _Clock:
-    """Return :func:`parse_clock` as (local, UTC microseconds, offset microseconds, ISO)."""
+    """Read a MED-PC ``MM/DD/YY`` date and ``HH:MM:SS`` time (hours may be space-padded).
+
+    Returns (local aware datetime, UTC instant in microseconds, UTC offset in
+    microseconds, ISO text).
+    """
     date_info = _DAYS.get(date_text) or _date_info(date_text)
     time_info = _TIMES_OF_DAY.get(time_text) or _time_info(time_text)
     if not date_info or not time_info:
