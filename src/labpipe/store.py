@@ -160,12 +160,8 @@ def _metadata(dataset: str) -> dict[bytes, bytes]:
     }
 
 
-def _write_parquet(table: pa.Table, dest: Path) -> str:
-    """Write ``table`` to ``dest`` atomically; return the sha256 of the bytes written.
-
-    The file is built in memory (a part or the sessions table: a few MB) and hashed there,
-    rather than read back from disk for its hash.
-    """
+def _parquet_bytes(table: pa.Table) -> memoryview:
+    """Return ``table`` as the bytes of a labpipe parquet file (built in memory)."""
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
@@ -174,7 +170,16 @@ def _write_parquet(table: pa.Table, dest: Path) -> str:
         write_page_checksum=True,
         write_statistics=True,
     )
-    data = memoryview(sink.getvalue())
+    return memoryview(sink.getvalue())
+
+
+def _write_parquet(table: pa.Table, dest: Path) -> str:
+    """Write ``table`` to ``dest`` atomically; return the sha256 of the bytes written.
+
+    The file is built in memory (a part or the sessions table: a few MB) and hashed there,
+    rather than read back from disk for its hash.
+    """
+    data = _parquet_bytes(table)
     with atomic_write(dest) as fh:
         fh.write(data)
     return hashlib.sha256(data).hexdigest()
@@ -401,10 +406,17 @@ def write_sessions(processed: Path, frame: pd.DataFrame, timezone: str) -> str:
 
     Returns the sha256 of the file written.
     """
-    schema = sessions_schema(timezone)
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    table = table.replace_schema_metadata(_metadata("sessions"))
-    return _write_parquet(table, processed / "sessions.parquet")
+    return _write_parquet(_sessions_table(frame, timezone), processed / "sessions.parquet")
+
+
+def sessions_sha256(frame: pd.DataFrame, timezone: str) -> str:
+    """Return the sha256 of the ``sessions.parquet`` that ``frame`` makes (nothing written)."""
+    return hashlib.sha256(_parquet_bytes(_sessions_table(frame, timezone))).hexdigest()
+
+
+def _sessions_table(frame: pd.DataFrame, timezone: str) -> pa.Table:
+    table = pa.Table.from_pandas(frame, schema=sessions_schema(timezone), preserve_index=False)
+    return table.replace_schema_metadata(_metadata("sessions"))
 
 
 def read_sessions(processed: Path) -> pd.DataFrame:
