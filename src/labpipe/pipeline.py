@@ -202,24 +202,24 @@ def build_report(cfg: Experiment, *, workers: int | None = None) -> list[Path]:
     )
     if not _draw_aside(analysis, workers):
         figs = draw()
-        written = [p for f in figs for p in f.paths.values()]
-        written += report.write_report(
+        report_files = report.write_report(
             out_dir, tables=analysis.tables, figures=figs, context=context
         )
-        return written
-    # The figures do not need the tables' files nor the other way round: draw them in a
-    # process of their own while this one writes the CSV files and the XLSX.
-    aside = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        drawing = aside.submit(draw)
-        tables_written = report.write_tables(out_dir, tables=analysis.tables, context=context)
-        figs = drawing.result()
-    finally:
-        aside.shutdown(wait=True, cancel_futures=True)
-    written = [p for f in figs for p in f.paths.values()]
-    written += tables_written
-    written += report.write_pages(out_dir, tables=analysis.tables, figures=figs, context=context)
-    return written
+    else:
+        # The figures do not need the tables' files nor the other way round: draw them in a
+        # process of their own while this one writes the CSV files and the XLSX.
+        spawn = multiprocessing.get_context("spawn")
+        aside = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+        try:
+            drawing = aside.submit(draw)
+            report_files = report.write_tables(out_dir, tables=analysis.tables, context=context)
+            figs = drawing.result()
+        finally:
+            aside.shutdown(wait=True, cancel_futures=True)
+        report_files += report.write_pages(
+            out_dir, tables=analysis.tables, figures=figs, context=context
+        )
+    return [p for f in figs for p in f.paths.values()] + report_files
 
 
 def _draw_aside(analysis: Analysis, workers: int | None) -> bool:
