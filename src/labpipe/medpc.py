@@ -1213,7 +1213,6 @@ def _parse_standard(data: bytes, limits: Limits) -> ParsedFile | None:
     # Per block: where its header fields end in names, its letters, and where each
     # variable's values are in tokens (an index for a scalar, a slice for an array).
     plans: list[tuple[int, str, list[int | slice]]] = []
-    labels_of = _STD_ROW_LABELS.get
     for part in parts[1:]:
         pieces = _STD_VAR_SPLIT.split(part)
         head = pieces[0]
@@ -1252,10 +1251,7 @@ def _parse_standard(data: bytes, limits: Limits) -> ParsedFile | None:
                 if not 2 <= counts[-1] <= width or counts[1:-1] != [width] * (n_rows - 1):
                     return None
                 words = list(itertools.chain.from_iterable(row_words))
-                labels = labels_of(width - 1)
-                if labels is None or len(labels) < n_rows:
-                    labels = _row_labels(width - 1, n_rows)
-                if words[::width] != labels[:n_rows]:
+                if words[::width] != _row_labels(width - 1, n_rows)[:n_rows]:
                     return None
                 del words[::width]
                 tokens += words
