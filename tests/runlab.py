@@ -180,8 +180,23 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: The catalog's indexes other than its keys'. A first ingest builds them at the end of its
+#: commits; a run killed before that leaves them to the next ingest, which builds them first.
+LOOKUP_INDEXES = {"files_sha256", "sessions_slot", "sessions_subject"}
+
+
+def catalog_indexes(lab: Lab) -> set[str]:
+    """The names of the catalog's indexes, but those SQLite makes for its keys."""
+    con = sqlite3.connect(f"file:{lab.processed / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")
+        return {name for (name,) in rows}
+    finally:
+        con.close()
+
+
 def assert_sound(lab: Lab) -> None:
-    """No temp files, empty staging, integrity ok, no duplicate session, every part listed."""
+    """No temp files, empty staging, integrity ok, indexes, no duplicate session, parts listed."""
     temps = [p for p in lab.root.rglob("*") if p.name.endswith(".tmp")]
     assert not temps, f"temporary files left: {temps}"
     staging = lab.processed / store.STAGING
@@ -195,6 +210,7 @@ def assert_sound(lab: Lab) -> None:
     finally:
         con.close()
     assert n_ids[0] == n_ids[1]
+    assert catalog_indexes(lab) == LOOKUP_INDEXES
     on_disk = {
         f"{d}/{p.name}"
         for d in store.DATASETS

@@ -27,6 +27,17 @@ from labpipe.fsio import free_bytes
 
 SCHEMA_VERSION = 2
 
+#: The indexes that serve look-ups only (no constraint): name -> table (columns). A first
+#: ingest drops them while it inserts and builds them once at the end (see
+#: :meth:`Catalog.lookup_indexes_deferred`): an index on random keys (a sha256) takes a
+#: few rows on every one of its pages at each commit, and so is written out again whole
+#: by every commit; built at the end, it is sorted once.
+_LOOKUP_INDEXES = {
+    "files_sha256": "files (sha256)",
+    "sessions_slot": "sessions (slot)",
+    "sessions_subject": "sessions (subject)",
+}
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,              -- relative to data/raw, '/' separators
@@ -45,7 +56,7 @@ CREATE TABLE IF NOT EXISTS files (
     updated TEXT NOT NULL,
     run_id TEXT
 ) STRICT;
-CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
+{files_sha256};
 CREATE TABLE IF NOT EXISTS parts (
     name TEXT PRIMARY KEY,              -- '<dataset>/<file>.parquet' under data/processed
     dataset TEXT NOT NULL,
@@ -66,8 +77,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     part TEXT NOT NULL,                 -- events part holding its events
     run_id TEXT
 ) STRICT;
-CREATE INDEX IF NOT EXISTS sessions_slot ON sessions (slot);
-CREATE INDEX IF NOT EXISTS sessions_subject ON sessions (subject);
+{sessions_slot};
+{sessions_subject};
 CREATE TABLE IF NOT EXISTS set_aside (
     path TEXT NOT NULL REFERENCES files (path) ON DELETE CASCADE,
     block INTEGER NOT NULL,             -- -1: the whole file
@@ -103,8 +114,9 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TRIGGER IF NOT EXISTS sessions_deleted AFTER DELETE ON sessions BEGIN {bump} END;
 CREATE TRIGGER IF NOT EXISTS sessions_updated AFTER UPDATE ON sessions BEGIN {bump} END;
 """.format(
+    **{name: f"CREATE INDEX IF NOT EXISTS {name} ON {on}" for name, on in _LOOKUP_INDEXES.items()},
     bump="INSERT INTO meta (key, value) VALUES ('sessions_epoch', '1') ON CONFLICT (key)"
-    " DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT);"
+    " DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT);",
 )
 
 
@@ -461,6 +473,23 @@ class Catalog:
             "INSERT INTO corrections (session_id, subject) VALUES (?, ?)",
             sorted(corrections.items()),
         )
+
+    @staticmethod
+    def drop_lookup_indexes(con: sqlite3.Connection) -> None:
+        """Drop the indexes that serve look-ups only, before bulk inserts into a new catalog.
+
+        The catalog answers every query the same without them, only slower: the run that
+        drops them builds them again when it is done (:meth:`create_lookup_indexes`), and
+        so does the start of every ingest, in case a run stopped in between.
+        """
+        for name in _LOOKUP_INDEXES:
+            con.execute(f"DROP INDEX IF EXISTS {name}")
+
+    @staticmethod
+    def create_lookup_indexes(con: sqlite3.Connection) -> None:
+        """Build the look-up indexes that are missing (none is, but after a bulk insert)."""
+        for name, on in _LOOKUP_INDEXES.items():
+            con.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
 
     def forget_derived(self, con: sqlite3.Connection) -> None:
         """Drop every derived row so the raw files are ingested again (re-derivation)."""
