@@ -591,3 +591,16 @@ def test_lean_line_ends_equal_the_general_ones(data):
 @given(st.binary(max_size=24))
 def test_lean_decoding_equals_the_general_one(data):
     assert medpc._standard_decode(data) == medpc._decode(data)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 8, 64])
+def test_the_long_line_pre_check_never_misses_a_line_over_the_limit(limit):
+    # _check_bytes measures every line only when this pre-check says one may be too long:
+    # it must say so whenever the longest line (between CR/LF bytes) is over the limit.
+    rng = random.Random(limit)
+    for _ in range(3000):
+        data = bytes(rng.choice(b"aaaaaa\r\n") for _ in range(rng.randint(0, 5 * limit + 5)))
+        longest = max(map(len, data.replace(b"\r", b"\n").split(b"\n")))
+        if longest > limit:
+            assert medpc._maybe_long_line(data, limit), (data, limit)
+    assert not medpc._maybe_long_line(b"ab\n" * 100, 64)  # (then nothing is measured)

@@ -265,7 +265,7 @@ def _check_bytes(data: bytes, source: str, limits: Limits) -> tuple[bytes, bool]
             path=source,
             hint=_SAVE_AS,
         )
-    if len(content) > limits.max_line_chars:
+    if len(content) > limits.max_line_chars and _maybe_long_line(content, limits.max_line_chars):
         raw = np.frombuffer(content, dtype=np.uint8)
         ends = np.flatnonzero((raw == 10) | (raw == 13))
         bounds = np.concatenate(([-1], ends, [len(raw)]))
@@ -281,6 +281,21 @@ def _check_bytes(data: bytes, source: str, limits: Limits) -> tuple[bytes, bool]
                 _byte_line(content, start),
             )
     return content, padded
+
+
+def _maybe_long_line(content: bytes, limit: int) -> bool:
+    """Tell whether a line of ``content`` may be longer than ``limit`` bytes (False: none is).
+
+    A line of more than ``limit`` bytes holds a whole window of ``limit // 2`` bytes
+    (counted from the start of the file) without a line end: each window is looked
+    through only up to its first line end.
+    """
+    width = max(1, limit // 2)
+    find = content.find
+    for start in range(0, len(content) - width + 1, width):
+        if find(b"\n", start, start + width) < 0 and find(b"\r", start, start + width) < 0:
+            return True
+    return False
 
 
 def _decode(content: bytes) -> tuple[str, str]:
@@ -971,10 +986,13 @@ def _parse(data: bytes, source: str, limits: Limits) -> ParsedFile:
         if parsed is not None:
             return parsed
     content, padded = _check_bytes(data, source, limits)
-    text, codec = _decode(content)
     newline = _newline_style(content)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Line ends normalised on the bytes: CR and LF are one byte, and never part of
+    # another character, in each codec _decode tries.
+    lines = content
+    if lines.find(b"\r") >= 0:
+        lines = lines.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    text, codec = _decode(lines)
     text = "\n" + text
     # Every complete MED-PC file ends with a line end; NUL padding stands for lost data.
     tail_at = text.rfind("\n") + 1
