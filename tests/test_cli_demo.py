@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import openpyxl
@@ -39,6 +40,12 @@ def test_demo_ingests_reports_and_prints_where_the_report_is(demo_lab):
             assert (index.parent / "figures" / f"{name}.{ext}").exists()
     for table in ("sessions", "subjects", "tests", "stats", "time_bins"):
         assert (index.parent / "tables" / f"{table}.csv").exists()
+    # The generator's catheter failure (R07, acquisition days 8 and 9) is listed for a
+    # patency check, between the quality-check list and the set-aside files.
+    page = index.read_text(encoding="utf-8")
+    section = page.split("catheter-failure signature: check", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>(R\d+)</td><td>[^<]*</td><td>(\w+)</td>\s*<td[^>]*>(\d+)<", section)
+    assert rows == [("R07", "acquisition", "8"), ("R07", "acquisition", "9")]
 
 
 def test_report_again_gives_byte_identical_outputs(demo_lab):

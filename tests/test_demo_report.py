@@ -71,6 +71,20 @@ def test_flagged_sessions_are_marked_and_kept_out_of_statistics(analysed):
     assert sessions["analyzable"].sum() == len(sessions) - len(flagged)
 
 
+def test_the_simulated_catheter_failure_is_the_only_catheter_signature(analysed):
+    truth, _, analysis = analysed
+    sessions = analysis.tables["sessions"]
+    failing = {a.subject for a in truth.animals if a.kind == "catheter_failure"}
+    assert failing
+    got = sessions[sessions["flag_catheter_signature"]]
+    # The generator fails the catheter from acquisition day 8 (demo._simulate_squad): the
+    # rat presses on, infusions and time-out presses soar, and its record ends on day 9.
+    assert set(zip(got["subject"], got["day_in_phase"], strict=True)) == {
+        (s, d) for s in failing for d in (8, 9)
+    }
+    assert got["phase"].eq("acquisition").all() and got["analyzable"].all()
+
+
 def test_statistics_table_has_a_row_per_analysis_with_sentences(analysed):
     _, _, analysis = analysed
     stats = analysis.tables["stats"]

@@ -85,7 +85,18 @@ def make_cfg(
     )
 
 
-def S(phase, active, inactive=2, reinforcers=None, *, test=None, duration=120.0, events=False):
+def S(
+    phase,
+    active,
+    inactive=2,
+    reinforcers=None,
+    *,
+    test=None,
+    duration=120.0,
+    events=False,
+    timeout=0,
+    msn=None,
+):
     """One session spec; reinforcers default to active // 2 in acquisition, 0 otherwise."""
     if reinforcers is None:
         reinforcers = active // 2 if phase == "acquisition" else 0
@@ -97,6 +108,8 @@ def S(phase, active, inactive=2, reinforcers=None, *, test=None, duration=120.0,
         reinforcers=reinforcers,
         duration_min=duration,
         has_events=events,
+        timeout=timeout,
+        msn=msn,
     )
 
 
@@ -110,7 +123,7 @@ def make_sessions(plan: dict[str, list[dict]], *, first_day=dt.date(2026, 1, 5))
             day_in_phase[phase] = day_in_phase.get(phase, 0) + 1
             start = pd.Timestamp(dt.datetime.combine(first_day + dt.timedelta(days=i), dt.time(9)))
             start = start.tz_localize(TZ)
-            msn = MSN[phase].format((spec["test"] or "").upper())
+            msn = spec["msn"] or MSN[phase].format((spec["test"] or "").upper())
             rows.append(
                 dict(
                     session_id=f"{subject}-{i + 1:03d}",
@@ -134,7 +147,7 @@ def make_sessions(plan: dict[str, list[dict]], *, first_day=dt.date(2026, 1, 5))
                     active=spec["active"],
                     inactive=spec["inactive"],
                     reinforcers=spec["reinforcers"],
-                    timeout_active=0,
+                    timeout_active=spec["timeout"],
                     intake_mg_kg=None if spec["reinforcers"] is None else 0.5 * spec["reinforcers"],
                     has_events=spec["has_events"],
                     source_file=f"{subject}.txt",
@@ -489,6 +502,26 @@ def test_roster_exclusion_marks_sessions_subject_and_tests():
     assert tests.loc[0, "exclusion_reason"] == "roster: catheter failure day 9"
 
 
+def test_catheter_signature_marks_the_burst_after_stable_intake_and_excludes_nothing():
+    stable = [S("acquisition", 30, 2, 20, timeout=5)] * 3
+    burst = S("acquisition", 80, 2, 30, timeout=45)  # 2.7x active, 45 >= 2 x 5 + 5 > 30
+    plan = {
+        # Two failing sessions: the first does not raise the level the second is judged by.
+        "R1": [*stable, burst, S("acquisition", 75, 2, 28, timeout=40)],
+        "R2": [*stable[:2], burst],  # only 2 stable sessions before: no level yet
+        "R3": [*stable, S("acquisition", 80, 2, 40, timeout=20)],  # pauses after infusions
+        "R4": [*stable, S("acquisition", 150, 2, 30, timeout=45, msn="SA_FR5_2h")],  # new FR
+        "R5": [*[S("acquisition", 30, 2, 20, timeout=None)] * 3, burst],  # time-outs unknown
+        # Ramp-up: sessions under min_reinforcers (10) set no level.
+        "R6": [*[S("acquisition", 8, 2, 6, timeout=1)] * 3, burst],
+    }
+    per = m.session_measures(make_sessions(plan), no_events(), make_cfg(list(plan)))
+    flagged = per.loc[per["flag_catheter_signature"], "session_id"].tolist()
+    assert flagged == ["R1-004", "R1-005"]
+    assert per["analyzable"].all()  # a signature prompts a patency test; it excludes nothing
+    assert per["flags"].eq("").all()
+
+
 def test_equipment_failure_exclusion_when_too_few_sessions_remain():
     # 3 acquisition sessions, one a dead box: only 2 analyzable for a 3-session criterion
     plan = {"R1": [*acquirer(1), S("acquisition", 0, 0, 0), *acquirer(1)]}
@@ -559,7 +592,8 @@ def test_output_dtypes_follow_the_policy():
     per, subj, tests = run(plan, make_cfg(["R1"]))
     for col in ("active_per_h", "active_fraction", "latency_active_s", "pct_baseline"):
         assert per[col].dtype == np.float64, col
-    for col in ("flag_aborted", "flag_equipment_failure", "analyzable", "excluded_subject"):
+    flags = ("flag_aborted", "flag_equipment_failure", "flag_catheter_signature")
+    for col in (*flags, "analyzable", "excluded_subject"):
         assert per[col].dtype == bool, col
     assert pd.api.types.is_string_dtype(per["flags"])
     assert subj["n_acquisition"].dtype == "Int64"

@@ -33,6 +33,20 @@ __all__ = ["session_measures", "subject_table", "test_table", "time_bins"]
 #: presses over its other analyzable sessions of the phase reach this (domain.md §6.2).
 EQUIPMENT_MIN_ACTIVE = 5.0
 
+#: Catheter-failure signature (domain.md §6.1-6.2: the drug no longer arrives, so the rat
+#: presses on through the time-outs, an extinction-like burst). A self-administration
+#: session shows it when its active presses reach CATHETER_FACTOR x, and its time-out
+#: presses CATHETER_FACTOR x + CATHETER_MIN_EXTRA_TIMEOUT, the median of the animal's
+#: CATHETER_REFERENCE_SESSIONS previous stable sessions of the same program (MSN: a new
+#: schedule, FR1 -> FR5, is a new program), with more time-out presses than reinforcers
+#: (a rat that gets its drug pauses after most infusions). Stable: analyzable, with at least the
+#: acquisition criterion's ``min_reinforcers`` (10 without the criterion), and no
+#: signature itself. A signature prompts a patency test; it excludes nothing.
+CATHETER_FACTOR = 2.0
+CATHETER_MIN_EXTRA_TIMEOUT = 5.0
+CATHETER_REFERENCE_SESSIONS = 3
+CATHETER_DEFAULT_MIN_REINFORCERS = 10
+
 #: Acquisition sessions forming the acquisition baseline when ``[criteria.extinction]``
 #: is absent (the usual "last 3 self-administration days", domain.md §2.5).
 DEFAULT_ACQUISITION_SESSIONS = 3
@@ -54,6 +68,7 @@ MEASURE_COLUMNS: tuple[str, ...] = (
     "pct_baseline",
     "flag_aborted",
     "flag_equipment_failure",
+    "flag_catheter_signature",
     "flags",
     "analyzable",
     "excluded_subject",
@@ -238,6 +253,48 @@ def _equipment_failure(df: pd.DataFrame, usable_reference: pd.Series) -> pd.Seri
     return _float(_lookup(df["session_id"], median)).ge(EQUIPMENT_MIN_ACTIVE)
 
 
+def _catheter_signature(df: pd.DataFrame, usable: pd.Series, min_reinforcers: float) -> pd.Series:
+    """Acquisition sessions with the catheter-failure signature (see CATHETER_FACTOR).
+
+    ``df`` is in subject, start order; ``usable`` marks the sessions that may set an
+    animal's stable level (not flagged). Unknown counts never show the signature.
+    """
+    out = np.zeros(len(df), dtype=bool)
+    acq = df["phase"].eq("acquisition").to_numpy()
+    if not acq.any():
+        return pd.Series(out, index=df.index)
+    active = _float(df["active"]).to_numpy()
+    timeout = _float(df["timeout_active"]).to_numpy()
+    reinforcers = _float(df["reinforcers"]).to_numpy()
+    stable = usable.to_numpy(dtype=bool) & (reinforcers >= min_reinforcers)
+    k = CATHETER_REFERENCE_SESSIONS
+    levels: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    keys = zip(df["subject"].astype("str"), df["msn"].astype("str"), strict=True)
+    for i, key in enumerate(keys):
+        if not acq[i]:
+            continue
+        last = levels.setdefault(key, [])
+        if len(last) >= k:
+            ref_active = float(np.median([a for a, _ in last[-k:]]))
+            ref_timeout = float(np.median([t for _, t in last[-k:]]))
+            out[i] = bool(
+                ref_active > 0
+                and active[i] >= CATHETER_FACTOR * ref_active
+                and timeout[i] >= CATHETER_FACTOR * ref_timeout + CATHETER_MIN_EXTRA_TIMEOUT
+                and timeout[i] > reinforcers[i]
+            )  # (NaN compares False)
+        if stable[i] and not out[i] and not np.isnan(active[i]) and not np.isnan(timeout[i]):
+            last.append((active[i], timeout[i]))
+    return pd.Series(out, index=df.index)
+
+
+def _catheter_min_reinforcers(cfg: Any) -> float:
+    """Reinforcers a session needs to count as stable self-administration."""
+    acq, _ = _criteria(cfg)
+    n = getattr(acq, "min_reinforcers", None) if acq is not None else None
+    return float(n) if n is not None else float(CATHETER_DEFAULT_MIN_REINFORCERS)
+
+
 def _test_baselines(df: pd.DataFrame, k: int) -> pd.DataFrame:
     """Extinction baseline of every reinstatement session (index: the test's session_id).
 
@@ -318,6 +375,10 @@ def session_measures(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> 
         - ``pct_baseline`` (float64): 100 x active / baseline_active; NaN when the baseline
           is 0 or missing.
         - ``flag_aborted``, ``flag_equipment_failure`` (bool): the rules below.
+        - ``flag_catheter_signature`` (bool): the catheter-failure signature below; a
+          warning (check the catheter's patency), not a flag: it leaves the session
+          analyzable, and the animal is excluded only by the roster (after a failed
+          patency test, from the day the lab records).
         - ``flags`` (str): upstream flags, then ``aborted``, ``equipment_failure``, joined
           with ";"; ``""`` when none.
         - ``analyzable`` (bool): ``flags == ""``.
@@ -336,6 +397,13 @@ def session_measures(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> 
     presses over its *other* sessions of the same phase that are neither aborted nor
     flagged upstream is at least 5. Extinction sessions are never flagged by this rule:
     an extinguished rat presses nothing, and counts cannot tell that from a dead box.
+
+    Catheter-failure signature: an acquisition session whose active presses are at least
+    2 x, and whose time-out presses are at least 2 x + 5, the median of the animal's 3
+    previous stable sessions of the same MSN (analyzable, at least the acquisition
+    criterion's ``min_reinforcers`` reinforcers -- 10 without it -- and no signature
+    themselves), with more time-out presses than reinforcers: the drug stopped arriving
+    and the rat presses through the time-outs.
 
     Missing data: unknown counts (no source in the config) give NaN rates and fractions,
     never 0; a missing session is simply absent (``day_in_phase`` keeps counting stored
@@ -364,6 +432,9 @@ def session_measures(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> 
     upstream = _ingest_flags(df)
     reference = ~df["flag_aborted"] & upstream.eq("")
     df["flag_equipment_failure"] = _equipment_failure(df, reference).astype(bool)
+    df["flag_catheter_signature"] = _catheter_signature(
+        df, reference & ~df["flag_equipment_failure"], _catheter_min_reinforcers(cfg)
+    ).astype(bool)
     df["flags"] = _join_flags(
         [
             upstream,

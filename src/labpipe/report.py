@@ -1055,7 +1055,16 @@ def _test_exclusions(tests: pd.DataFrame | None) -> list[dict[str, str]]:
 def _flagged_sessions(sessions: pd.DataFrame | None) -> list[dict[str, str]]:
     if sessions is None or sessions.empty or "analyzable" not in sessions:
         return []
-    bad = sessions[~sessions["analyzable"].astype("boolean").fillna(True).astype(bool)]
+    return _session_rows(sessions[~sessions["analyzable"].astype("boolean").fillna(True)])
+
+
+def _catheter_sessions(sessions: pd.DataFrame | None) -> list[dict[str, str]]:
+    if sessions is None or sessions.empty or "flag_catheter_signature" not in sessions:
+        return []
+    return _session_rows(sessions[sessions["flag_catheter_signature"].astype(bool)])
+
+
+def _session_rows(bad: pd.DataFrame) -> list[dict[str, str]]:
     rows = []
     for r in _records(bad, ["subject", "start", "phase", "test", "day_in_phase", "flags"]):
         start = r["start"]
@@ -1195,6 +1204,7 @@ def _render_html(
             animals=_animal_rows(tables.get("subjects")),
             test_exclusions=_test_exclusions(tables.get("tests")),
             flagged=_flagged_sessions(tables.get("sessions")),
+            catheter=_catheter_sessions(tables.get("sessions")),
             set_aside=_set_aside_rows(tables.get("set_aside")),
             sections=sections,
             methods=paragraphs,
