@@ -520,3 +520,14 @@ def test_chunks_keep_path_order_and_end_small_so_no_core_waits_on_one_big_chunk(
         # the last two chunks' worth of files come in chunks of a quarter size
         assert sizes[-2] == max(BATCH_FILES, size // 4) < size
         assert sum(s for s in sizes if s == size) >= n - 3 * size
+
+
+def test_the_temporaries_of_a_dead_writer_are_swept_from_staging_and_staged_parts_kept(tmp_path):
+    staging = tmp_path / store.STAGING / "events"
+    staging.mkdir(parents=True)
+    (staging / "part-a.parquet").write_bytes(b"staged")  # a part waiting for its commit
+    (staging / ".part-b.parquet.1234abcd.tmp").write_bytes(b"half")  # its writer died
+    removed = store.remove_staged_temporaries(tmp_path)
+    assert removed == [f"{store.STAGING}/events/.part-b.parquet.1234abcd.tmp"]
+    assert [p.name for p in staging.iterdir()] == ["part-a.parquet"]
+    assert store.remove_staged_temporaries(tmp_path / "nothing here") == []

@@ -410,6 +410,9 @@ def _run(
             done += len(chunk.files)
             if progress is not None:
                 progress(done, len(todo))
+    if todo:
+        # A worker that died mid-write (its chunk was redone by another) left a temporary.
+        summary.recovered += [f"removed {n}" for n in store.remove_staged_temporaries(processed)]
 
     # The key describes what is stored now (it covers the active lever of every stored
     # subject), so it is recorded after the new sessions are in.

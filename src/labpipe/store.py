@@ -322,6 +322,23 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def remove_staged_temporaries(processed: Path) -> list[str]:
+    """Remove the temporary files in the staging folder (``.<part>.<hex>.tmp``).
+
+    Called when every worker of a run has returned: such a file is what a worker that
+    died while writing a part left behind (its task ran again elsewhere), and no writer
+    of the run is left to finish it. Returns the names removed, relative to
+    ``data/processed``.
+    """
+    staging = processed / STAGING
+    removed: list[str] = []
+    if staging.exists():
+        for path in sorted(staging.rglob(".*.tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(f"{STAGING}/{path.relative_to(staging).as_posix()}")
+    return removed
+
+
 def recover(processed: Path, committed: dict[str, tuple[str, int]]) -> tuple[list[str], list[str]]:
     """Finish or undo what a crashed run left behind.
 
