@@ -29,7 +29,7 @@ SCHEMA_VERSION = 2
 
 #: The indexes that serve look-ups only (no constraint): name -> table (columns). A first
 #: ingest drops them while it inserts and builds them once at the end (see
-#: :meth:`Catalog.lookup_indexes_deferred`): an index on random keys (a sha256) takes a
+#: :meth:`Catalog.drop_lookup_indexes`): an index on random keys (a sha256) takes a
 #: few rows on every one of its pages at each commit, and so is written out again whole
 #: by every commit; built at the end, it is sorted once.
 _LOOKUP_INDEXES = {

@@ -22,6 +22,7 @@ are kept and marked (``excluded_subject``, ``excluded``, ``included``). No row i
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import numpy as np
@@ -39,9 +40,9 @@ EQUIPMENT_MIN_ACTIVE = 5.0
 #: presses CATHETER_FACTOR x + CATHETER_MIN_EXTRA_TIMEOUT, the median of the animal's
 #: CATHETER_REFERENCE_SESSIONS previous stable sessions of the same program (MSN: a new
 #: schedule, FR1 -> FR5, is a new program), with more time-out presses than reinforcers
-#: (a rat that gets its drug pauses after most infusions). Stable: analyzable, with at least the
-#: acquisition criterion's ``min_reinforcers`` (10 without the criterion), and no
-#: signature itself. A signature prompts a patency test; it excludes nothing.
+#: (a rat that gets its drug pauses after most infusions). Stable: analyzable, with at
+#: least the acquisition criterion's ``min_reinforcers`` (10 without the criterion), and
+#: no signature itself. A signature prompts a patency test; it excludes nothing.
 CATHETER_FACTOR = 2.0
 CATHETER_MIN_EXTRA_TIMEOUT = 5.0
 CATHETER_REFERENCE_SESSIONS = 3
@@ -275,8 +276,8 @@ def _catheter_signature(df: pd.DataFrame, usable: pd.Series, min_reinforcers: fl
             continue
         last = levels.setdefault(key, [])
         if len(last) >= k:
-            ref_active = float(np.median([a for a, _ in last[-k:]]))
-            ref_timeout = float(np.median([t for _, t in last[-k:]]))
+            ref_active = statistics.median(a for a, _ in last[-k:])
+            ref_timeout = statistics.median(t for _, t in last[-k:])
             out[i] = bool(
                 ref_active > 0
                 and active[i] >= CATHETER_FACTOR * ref_active

@@ -1064,9 +1064,9 @@ def _catheter_sessions(sessions: pd.DataFrame | None) -> list[dict[str, str]]:
     return _session_rows(sessions[sessions["flag_catheter_signature"].astype(bool)])
 
 
-def _session_rows(bad: pd.DataFrame) -> list[dict[str, str]]:
+def _session_rows(chosen: pd.DataFrame) -> list[dict[str, str]]:
     rows = []
-    for r in _records(bad, ["subject", "start", "phase", "test", "day_in_phase", "flags"]):
+    for r in _records(chosen, ["subject", "start", "phase", "test", "day_in_phase", "flags"]):
         start = r["start"]
         rows.append(
             {

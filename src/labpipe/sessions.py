@@ -792,37 +792,24 @@ def _measures(
     has_events = times[0] is not None or times[1] is not None
     flat: list[float] = []
     names: list[str] = []
+    # The four known names are in order already; other events sort in among them.
+    streams = [
+        (name, stamps)
+        for name, stamps in (
+            ("active_press", active),
+            ("inactive_press", inactive),
+            ("reinforcer", reinforcers),
+            ("timeout_press", timeout),
+        )
+        if stamps
+    ]
     if events and not _KNOWN_EVENTS.issuperset(events):
         # Events at the same time are ordered by name, then as listed (a stable sort).
-        streams = [
-            (name, stamps)
-            for name, stamps in (
-                ("active_press", active),
-                ("inactive_press", inactive),
-                ("reinforcer", reinforcers),
-                ("timeout_press", timeout),
-            )
-            if stamps
-        ]
         streams += [(k, v) for k, v in events.items() if k not in _KNOWN_EVENTS and v]
         streams.sort(key=_stream_name)
-        for name, stamps in streams:
-            flat += stamps
-            names += [name] * len(stamps)
-    else:
-        # These four names are in order already.
-        if active:
-            flat += active
-            names += ["active_press"] * len(active)
-        if inactive:
-            flat += inactive
-            names += ["inactive_press"] * len(inactive)
-        if reinforcers:
-            flat += reinforcers
-            names += ["reinforcer"] * len(reinforcers)
-        if timeout:
-            flat += timeout
-            names += ["timeout_press"] * len(timeout)
+    for name, stamps in streams:
+        flat += stamps
+        names += [name] * len(stamps)
     if not flat:
         empty = np.empty(0, dtype=np.float64), np.empty(0, dtype=object)
         return counts[a], counts[i], counts[2], counts[3], has_events, *empty
