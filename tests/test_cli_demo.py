@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 from pathlib import Path
@@ -46,6 +47,31 @@ def test_demo_ingests_reports_and_prints_where_the_report_is(demo_lab):
     section = page.split("catheter-failure signature: check", 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr><td>(R\d+)</td><td>[^<]*</td><td>(\w+)</td>\s*<td[^>]*>(\d+)<", section)
     assert rows == [("R07", "acquisition", "8"), ("R07", "acquisition", "9")]
+
+
+def test_extinction_outputs_show_the_first_run_and_name_the_re_extinction(demo_lab):
+    lab, _ = demo_lab
+    out = lab / "reports" / "coc-rein-2026"
+    with (out / "tables" / "sessions.csv").open(encoding="utf-8", newline="") as fh:
+        sessions = list(csv.DictReader(fh))
+    ext = [r for r in sessions if r["phase"] == "extinction"]
+    later = [r for r in ext if r["re_extinction"] == "True"]
+    assert later and len(later) < len(ext)
+    first_days = {
+        int(r["day_in_phase"])
+        for r in ext
+        if r["re_extinction"] == "False"
+        and r["analyzable"] == "True"
+        and r["excluded_subject"] == "False"
+    }
+    # Prism's extinction sheet: one row a day of the first run, none after a test.
+    sheet = openpyxl.load_workbook(out / "tables" / "labpipe.xlsx")["Prism ext active"]
+    days = [c.value for c in sheet["A"][2:] if c.value is not None]
+    assert days == sorted(first_days)
+    methods = (out / "methods.md").read_text(encoding="utf-8")
+    assert f"{len(later)} extinction sessions after an animal's first reinstatement" in methods
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Extinction is the first run: re-extinction sessions between tests" in page
 
 
 def test_report_again_gives_byte_identical_outputs(demo_lab):

@@ -85,6 +85,28 @@ def test_the_simulated_catheter_failure_is_the_only_catheter_signature(analysed)
     assert got["phase"].eq("acquisition").all() and got["analyzable"].all()
 
 
+def test_re_extinction_is_the_extinction_between_the_simulated_tests(analysed):
+    truth, _, analysis = analysed
+    sessions = analysis.tables["sessions"]
+    # The generator's schedule: extinction to criterion, then 3 tests with re-extinction
+    # in between (demo._simulate_squad).
+    first_test = {}
+    for t in truth.tests:
+        first_test[t.subject] = min(first_test.get(t.subject, t.start), t.start)
+    expected = {
+        (s.subject, pd.Timestamp(s.start))
+        for s in truth.sessions
+        if s.phase == "extinction" and s.subject in first_test and s.start > first_test[s.subject]
+    }
+    got = sessions[sessions["re_extinction"]]
+    assert set(zip(got["subject"], got["start"], strict=True)) == expected
+    assert len(expected) > 50
+    # The extinction statistics take the first run and say how many sessions that leaves.
+    ext = analysis.tables["stats"]
+    ext = ext[(ext["phase"] == "extinction") & ext["analysis"].isin(["mixed_anova", "lmm"])]
+    assert ext["note"].str.startswith(f"first extinction run: {len(expected)} re-extinction").all()
+
+
 def test_statistics_table_has_a_row_per_analysis_with_sentences(analysed):
     _, _, analysis = analysed
     stats = analysis.tables["stats"]

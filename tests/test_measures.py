@@ -364,6 +364,37 @@ def test_extinction_counts_only_the_first_run_before_the_first_test():
     assert pd.isna(subj.loc["R1", "extinction_sessions_to_criterion"])
 
 
+def test_re_extinction_marks_extinction_after_the_first_test_even_a_flagged_one():
+    plan = {
+        "R1": [
+            *acquirer(3),
+            *[S("extinction", a) for a in (30, 12)],
+            S("reinstatement", 40, test="cue", duration=10.0),  # aborted: still a test
+            *[S("extinction", a) for a in (15, 9)],
+            S("reinstatement", 30, test="stress"),
+            S("extinction", 8),
+        ],
+        "R2": [*acquirer(3), *[S("extinction", a) for a in (25, 10, 6)]],  # never tested
+    }
+    per, _, _ = run(plan, make_cfg(["R1", "R2"]))
+    r1 = per[per["subject"] == "R1"]
+    assert r1["re_extinction"].tolist() == [False] * 5 + [False, True, True, False, True]
+    assert not per.loc[per["subject"] == "R2", "re_extinction"].any()
+    assert per["re_extinction"].dtype == bool
+    # The extinction curve is the first run: R1's days 1-2 and R2's 1-3.
+    curve = m.phase_curve(per, "extinction")
+    assert curve[["subject", "day_in_phase"]].values.tolist() == [
+        ["R1", 1],
+        ["R1", 2],
+        ["R2", 1],
+        ["R2", 2],
+        ["R2", 3],
+    ]
+    # A table without the column (made by hand) is taken whole; acquisition is untouched.
+    assert len(m.phase_curve(per.drop(columns="re_extinction"), "extinction")) == 8
+    assert len(m.phase_curve(per, "acquisition")) == 6
+
+
 def test_acquisition_met_at_the_end_and_first_day_it_held():
     reinf = [5, 12, 12, 12, 8, 15, 15, 15]
     plan = {

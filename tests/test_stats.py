@@ -563,6 +563,25 @@ def test_flagged_sessions_and_excluded_animals_never_enter() -> None:
     assert "R01" in anova.iloc[0]["note"] and "R99" in anova.iloc[0]["note"]
 
 
+def test_extinction_statistics_use_the_first_run_and_say_so() -> None:
+    first = sessions_from("lmm_balanced.csv", "extinction", lean=True).assign(re_extinction=False)
+    # Re-extinction after a test: later days with counts that would swamp the curve.
+    later = first[first["day_in_phase"] <= 2].assign(
+        day_in_phase=lambda d: d["day_in_phase"] + first["day_in_phase"].max(),
+        active=400,
+        re_extinction=True,
+    )
+    a = stats.phase_statistics(pd.concat([first, later]), NO_TESTS, factors=["group"])
+    b = stats.phase_statistics(first, NO_TESTS, factors=["group"])
+    for analysis in ("mixed_anova", "lmm"):
+        ra, rb = rows(a, analysis=analysis), rows(b, analysis=analysis)
+        assert np.allclose(ra["statistic"], rb["statistic"], rtol=1e-9)
+        assert (ra["n_subjects"] == rb["n_subjects"]).all()
+        note = f"first extinction run: {len(later)} re-extinction sessions"
+        assert ra["note"].str.startswith(note).all()
+        assert not rb["note"].str.contains("re-extinction").any()
+
+
 def test_three_animals_per_group_small_cells() -> None:
     s = sessions_from("lmm_balanced.csv")
     s = s[~s["subject"].isin(["R04", "R08", "R12"])]  # 3 per group, cells of 1-2

@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from labpipe import fsio
+from labpipe import fsio, measures
 
 __all__ = ["FORMATS", "FigureInfo", "make_figures", "style"]
 
@@ -428,7 +428,7 @@ def _timeline(sessions: pd.DataFrame, groups: list[str], palette: dict[str, Any]
     labels: list[str] = []
     dropped = False
     for phase in ("acquisition", "extinction"):
-        ph = sessions[sessions["phase"] == phase]
+        ph = measures.phase_curve(sessions, phase)
         if ph.empty:
             continue
         frames = {
@@ -521,6 +521,11 @@ def _timeline(sessions: pd.DataFrame, groups: list[str], palette: dict[str, Any]
         "mean ± SEM per group, through acquisition, extinction and the reinstatement tests. "
         "Excluded animals and sessions flagged as not analyzable are left out."
     )
+    if "re_extinction" in sessions and sessions["re_extinction"].astype("boolean").any():
+        caption += (
+            " Extinction is the first run: re-extinction sessions between tests (which give "
+            "the tests' baselines) are not drawn."
+        )
     if dropped:
         caption += (
             " Days on which fewer than half of a group's animals (or fewer than 2) had a "

@@ -65,6 +65,7 @@ MEASURE_COLUMNS: tuple[str, ...] = (
     "reinforcers_per_h",
     "active_fraction",
     "latency_active_s",
+    "re_extinction",
     "baseline_active",
     "pct_baseline",
     "flag_aborted",
@@ -156,6 +157,59 @@ def _lookup(keys: pd.Series, table: pd.Series) -> pd.Series:
     strings; a reindex keeps the table's dtype.
     """
     return pd.Series(table.reindex(keys.to_numpy()).to_numpy(), index=keys.index, dtype=table.dtype)
+
+
+def re_extinction(sessions: pd.DataFrame) -> pd.Series:
+    """Mark the re-extinction sessions: extinction after the animal's first test.
+
+    Rats tested more than once are extinguished again between tests (domain.md §1.5, §3:
+    back to criterion before the next test). Those sessions give the next test its
+    baseline; the extinction criterion, curve and statistics are the first run's, the
+    extinction sessions before the animal's first reinstatement session (flagged or not:
+    once tested, the rat has been reinstated).
+
+    Parameters
+    ----------
+    sessions
+        Sessions with ``subject``, ``phase`` and ``start``.
+
+    Returns
+    -------
+    pandas.Series
+        Boolean, aligned with ``sessions``: True for an extinction session that did not
+        start before the same animal's first reinstatement session.
+    """
+    first_test = (
+        sessions.loc[sessions["phase"].eq("reinstatement")].groupby("subject")["start"].min()
+    )
+    test_start = _lookup(sessions["subject"], first_test)
+    after = (sessions["start"] >= test_start).astype("boolean").fillna(False)
+    return (sessions["phase"].eq("extinction") & after).astype(bool)
+
+
+def phase_curve(sessions: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """Return the sessions of ``phase`` that form its day-by-day curve.
+
+    Every session of the phase, but for extinction the :func:`re_extinction` sessions,
+    whose presses follow a test rather than the extinction days before it. A table
+    without the ``re_extinction`` column (made by hand, or older) is taken as it is.
+
+    Parameters
+    ----------
+    sessions
+        The session measures (:func:`session_measures`), or any table with ``phase``.
+    phase
+        "acquisition" or "extinction".
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of the curve, in their order.
+    """
+    keep = sessions["phase"].astype(str).eq(phase)
+    if phase == "extinction" and "re_extinction" in sessions:
+        keep &= ~sessions["re_extinction"].astype("boolean").fillna(False).astype(bool)
+    return sessions[keep]
 
 
 def _criteria(cfg: Any) -> tuple[Any, Any]:
@@ -367,6 +421,9 @@ def session_measures(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> 
         - ``active_fraction`` (float64): active / (active + inactive); NaN at 0 / 0.
         - ``latency_active_s`` (float64): time of the first active press (events); NaN
           when there is none or the session has no events -- never the session length.
+        - ``re_extinction`` (bool): an extinction session after the animal's first
+          reinstatement test (re-extinction between tests, :func:`re_extinction`): it
+          feeds the next test's baseline, not the extinction criterion, curve or statistics.
         - ``baseline_active`` (float64): extinction sessions: the acquisition baseline (mean
           active of the animal's last ``criteria.extinction.acquisition_sessions``
           analyzable acquisition sessions, 3 without that criterion); reinstatement
@@ -426,6 +483,7 @@ def session_measures(sessions: pd.DataFrame, events: pd.DataFrame, cfg: Any) -> 
     first_active = events.loc[events["event"].eq("active_press")].groupby("session_id")["t_s"].min()
     latency = _float(_lookup(df["session_id"], first_active))
     df["latency_active_s"] = latency.where(df["has_events"].astype("boolean").fillna(False))
+    df["re_extinction"] = re_extinction(df)
 
     aborted_fraction = float(cfg.analysis.aborted_fraction)
     programmed = _programmed_minutes(df, cfg)
@@ -588,13 +646,10 @@ def _acquisition_outcome(df: pd.DataFrame, acq: Any) -> pd.DataFrame:
 def _extinction_outcome(df: pd.DataFrame, ext: Any, acq_base: pd.Series) -> pd.DataFrame:
     """extinction_met / extinction_sessions_to_criterion per subject.
 
-    Only the first extinction run counts: analyzable extinction sessions that started
-    before the animal's first reinstatement session (all of them when it has none).
+    Only the first extinction run counts: analyzable extinction sessions that are not
+    :func:`re_extinction` sessions.
     """
-    first_test = df.loc[df["phase"].eq("reinstatement")].groupby("subject")["start"].min()
-    rows = df[df["phase"].eq("extinction") & df["analyzable"]]
-    test_start = _lookup(rows["subject"], first_test)
-    rows = rows[test_start.isna() | (rows["start"] < test_start)]
+    rows = df[df["phase"].eq("extinction") & df["analyzable"] & ~re_extinction(df)]
     active = _float(rows["active"])
     fraction = getattr(ext, "fraction_of_acquisition", None)
     max_active = getattr(ext, "max_active", None)

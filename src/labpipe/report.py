@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import xlsxwriter
 
-from labpipe import fsio
+from labpipe import fsio, measures
 from labpipe.errors import ConfigError, InternalError
 from labpipe.figures import FigureInfo
 
@@ -571,7 +571,7 @@ def _prism_sheets(
     if sessions is not None and not sessions.empty and need <= set(sessions.columns):
         usable = _usable_sessions(sessions)
         for phase, short in (("acquisition", "acq"), ("extinction", "ext")):
-            ph = usable[usable["phase"] == phase]
+            ph = measures.phase_curve(usable, phase)
             if ph.empty:
                 continue
             for value in ("active", "inactive", "reinforcers", "intake_mg_kg"):
@@ -866,17 +866,28 @@ def _methods(tables: Mapping[str, pd.DataFrame], ctx: ReportContext) -> list[tup
         out.append(("Criteria", " ".join(ctx.criteria)))
     settings = dict(ctx.settings)
     baseline_n = settings.get("baseline_sessions")
-    measures = []
+    measure_text = []
     if baseline_n is not None:
-        measures.append(
+        measure_text.append(
             "The baseline of each reinstatement test is the mean number of active lever "
             f"presses in the {baseline_n} extinction sessions just before it; test responding "
             "is also given as a percentage of that baseline."
         )
+    if sessions is not None and "re_extinction" in sessions:
+        n_re = int(sessions["re_extinction"].astype("boolean").fillna(False).sum())
+        if n_re:
+            measure_text.append(
+                f"{_plural(n_re, 'extinction session')} after an animal's first reinstatement "
+                f"test (re-extinction between tests) {'gives' if n_re == 1 else 'give'} the next "
+                "test's baseline; the "
+                "extinction criterion, figures and statistics use the first extinction run."
+            )
     if settings.get("time_bin_minutes") is not None:
-        measures.append(f"Within-session time courses use {settings['time_bin_minutes']}-min bins.")
-    if measures:
-        out.append(("Measures", " ".join(measures)))
+        measure_text.append(
+            f"Within-session time courses use {settings['time_bin_minutes']}-min bins."
+        )
+    if measure_text:
+        out.append(("Measures", " ".join(measure_text)))
     rows = _stats_rows(stats)
     if rows:
         analyses = sorted({r["analysis"] for r in rows if r["analysis"]})

@@ -64,6 +64,7 @@ import statsmodels.api as sm
 from scipy import stats as sps
 from statsmodels.regression.mixed_linear_model import MixedLM
 
+from labpipe import measures
 from labpipe.errors import ConfigError, InternalError
 
 __all__ = [
@@ -1532,7 +1533,8 @@ def _guarded(scope: _Scope, analysis: str, n: int, fn: Any, *args: Any) -> list[
 class _Task:
     """One analysis of one measure: ``fn(scope, *args)`` run by :func:`_guarded`.
 
-    ``notes`` (factors left out) are added to the warnings of every row it gives.
+    ``notes`` (factors left out) are added to the warnings of every row it gives,
+    ``context`` (which sessions the analysis takes) to the start of every row's note.
     """
 
     scope: _Scope
@@ -1541,6 +1543,7 @@ class _Task:
     fn: Callable[..., list[dict[str, Any]]]
     args: tuple[Any, ...]
     notes: tuple[str, ...] = ()
+    context: str = ""
 
 
 #: What a phase contributes, in table order: analyses to run, and rows already made.
@@ -1556,6 +1559,7 @@ def _run_task(task: _Task) -> list[dict[str, Any]]:
     rows = _guarded(task.scope, task.analysis, task.n, task.fn, *task.args)
     for r in rows:
         r["warnings"] = _join([r["warnings"], *task.notes])
+        r["note"] = _join([task.context, r["note"]])
     return rows
 
 
@@ -1631,9 +1635,18 @@ def _run_spread(tasks: Sequence[_Task], n: int) -> list[list[dict[str, Any]]]:
 
 
 def _session_phase(sessions: pd.DataFrame, phase: str, factors: Sequence[str]) -> _Plan:
-    part = sessions[sessions["phase"].astype(str) == phase].copy()
+    part = measures.phase_curve(sessions, phase).copy()
     if part.empty:
         return []
+    n_later = int((sessions["phase"].astype(str) == phase).sum()) - len(part)
+    # Re-extinction sessions follow a test, not the extinction days: the curve is the first
+    # run (measures.phase_curve), and the note says how many sessions that leaves out.
+    context = (
+        f"first extinction run: {n_later} re-extinction sessions (after an animal's first "
+        "reinstatement test) left out"
+        if n_later
+        else ""
+    )
     part["subject"] = part["subject"].astype(str)
     plan: _Plan = []
     for measure in SESSION_MEASURES[phase]:
@@ -1677,14 +1690,11 @@ def _session_phase(sessions: pd.DataFrame, phase: str, factors: Sequence[str]) -
             plan.append([_failure(scope, "mixed_anova", f"no animal has {measure} values", n=0)])
             continue
         notes = tuple(factor_notes)
-        plan.append(
-            _Task(
-                scope, "mixed_anova", n, _mixed_anova_rows, (data, usable, _TIME_SESSION, ""), notes
-            )
-        )
-        plan.append(_Task(scope, "lmm", n, _lmm_rows, (data, usable, _TIME_SESSION), notes))
+        args = (data, usable, _TIME_SESSION)
+        plan.append(_Task(scope, "mixed_anova", n, _mixed_anova_rows, (*args, ""), notes, context))
+        plan.append(_Task(scope, "lmm", n, _lmm_rows, args, notes, context))
         if measure in COUNT_MEASURES:
-            plan.append(_Task(scope, "gee_nb", n, _gee_rows, (data, usable, _TIME_SESSION), notes))
+            plan.append(_Task(scope, "gee_nb", n, _gee_rows, args, notes, context))
     return plan
 
 
