@@ -878,9 +878,9 @@ def _methods(tables: Mapping[str, pd.DataFrame], ctx: ReportContext) -> list[tup
         if n_re:
             measure_text.append(
                 f"{_plural(n_re, 'extinction session')} after an animal's first reinstatement "
-                f"test (re-extinction between tests) {'gives' if n_re == 1 else 'give'} the next "
-                "test's baseline; the "
-                "extinction criterion, figures and statistics use the first extinction run."
+                f"test (re-extinction between tests) {'gives' if n_re == 1 else 'give'} the "
+                "next test's baseline; the extinction criterion, figures and statistics use "
+                "the first extinction run."
             )
     if settings.get("time_bin_minutes") is not None:
         measure_text.append(

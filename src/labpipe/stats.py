@@ -1642,8 +1642,8 @@ def _session_phase(sessions: pd.DataFrame, phase: str, factors: Sequence[str]) -
     # Re-extinction sessions follow a test, not the extinction days: the curve is the first
     # run (measures.phase_curve), and the note says how many sessions that leaves out.
     context = (
-        f"first extinction run: {n_later} re-extinction sessions (after an animal's first "
-        "reinstatement test) left out"
+        f"first extinction run: {n_later} re-extinction session{'s' if n_later > 1 else ''} "
+        "(after an animal's first reinstatement test) left out"
         if n_later
         else ""
     )
