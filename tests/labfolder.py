@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,31 @@ class Lab:
                     hashlib.sha256(p.read_bytes()).hexdigest(),
                 )
         return out
+
+    def catalog_rows(self) -> dict[str, list[tuple]]:
+        """Every decision the catalog holds (files, sessions, parts, set-aside blocks,
+        duplicates), without run ids and times: equal for two runs that decided alike."""
+        con = sqlite3.connect(f"file:{self.processed / 'catalog.sqlite'}?mode=ro", uri=True)
+        try:
+            return {
+                "files": con.execute(
+                    "SELECT path, size, sha256, status, reason_code, reason, duplicate_of,"
+                    " n_sessions FROM files ORDER BY path"
+                ).fetchall(),
+                "sessions": con.execute(
+                    "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
+                    " subject, record, part FROM sessions ORDER BY session_id"
+                ).fetchall(),
+                "parts": con.execute(
+                    "SELECT name, sha256, n_rows FROM parts ORDER BY name"
+                ).fetchall(),
+                "set_aside": con.execute("SELECT * FROM set_aside ORDER BY path, block").fetchall(),
+                "duplicates": con.execute(
+                    "SELECT * FROM duplicates ORDER BY path, block"
+                ).fetchall(),
+            }
+        finally:
+            con.close()
 
     def outputs(self) -> dict[str, tuple[int, str]]:
         """mtime_ns and sha256 of every parquet output."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -97,25 +96,6 @@ def _lab(root: Path, n_files: int) -> Lab:
     return Lab(root)
 
 
-def _catalog_rows(lab: Lab) -> dict[str, list[tuple]]:
-    con = sqlite3.connect(f"file:{lab.processed / 'catalog.sqlite'}?mode=ro", uri=True)
-    try:
-        return {
-            "files": con.execute(
-                "SELECT path, size, sha256, status, reason_code, reason, duplicate_of,"
-                " n_sessions FROM files ORDER BY path"
-            ).fetchall(),
-            "sessions": con.execute(
-                "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
-                " subject, record, part FROM sessions ORDER BY session_id"
-            ).fetchall(),
-            "parts": con.execute("SELECT name, sha256, n_rows FROM parts ORDER BY 1").fetchall(),
-            "duplicates": con.execute("SELECT * FROM duplicates ORDER BY 1, 2").fetchall(),
-        }
-    finally:
-        con.close()
-
-
 def _outputs(lab: Lab) -> dict[str, str]:
     return {k: v[1] for k, v in lab.outputs().items()}
 
@@ -134,7 +114,7 @@ def test_a_cluster_run_is_byte_identical_to_a_local_run(cluster, reference, tmp_
     assert summary.files_read == 702
     assert summary.duplicates
     assert _outputs(lab) == _outputs(reference)
-    assert _catalog_rows(lab) == _catalog_rows(reference)
+    assert lab.catalog_rows() == reference.catalog_rows()
     runlab.assert_sound(lab)
 
 
@@ -162,5 +142,5 @@ def test_a_worker_killed_mid_run_changes_nothing(cluster, reference, tmp_path):
     assert killed, "no worker was killed"
     assert summary.files_read == 702
     assert _outputs(lab) == _outputs(reference)
-    assert _catalog_rows(lab) == _catalog_rows(reference)
+    assert lab.catalog_rows() == reference.catalog_rows()
     runlab.assert_sound(lab)

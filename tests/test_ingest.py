@@ -429,26 +429,6 @@ def test_time_out_presses_logged_twice_count_once_in_short_and_long_sessions(lab
     assert active.tolist() == sorted(t * 0.01 for t in ticks + [t - 5 for t in ticks])
 
 
-def _catalog_rows(lab: Lab) -> dict[str, list[tuple]]:
-    """Every decision the catalog holds, without run ids and times."""
-    con = sqlite3.connect(lab.processed / "catalog.sqlite")
-    try:
-        return {
-            "files": con.execute(
-                "SELECT path, sha256, status, reason_code, reason, duplicate_of, n_sessions"
-                " FROM files ORDER BY path"
-            ).fetchall(),
-            "sessions": con.execute(
-                "SELECT session_id, identity, slot, fingerprint, source_path, source_block,"
-                " subject, record, part FROM sessions ORDER BY session_id"
-            ).fetchall(),
-            "set_aside": con.execute("SELECT * FROM set_aside ORDER BY path, block").fetchall(),
-            "duplicates": con.execute("SELECT * FROM duplicates ORDER BY path").fetchall(),
-        }
-    finally:
-        con.close()
-
-
 def test_a_first_ingest_decides_from_memory_exactly_as_from_the_catalog(tmp_path, monkeypatch):
     """A first ingest keeps what it stored in memory instead of querying the catalog per
     chunk; with two files a chunk, every kind of decision crosses a chunk boundary and must
@@ -477,14 +457,14 @@ def test_a_first_ingest_decides_from_memory_exactly_as_from_the_catalog(tmp_path
         summary = ingest(load_config(lab.config), workers=1)
         assert bool(calls) is not memo  # memory replaces the look-ups
         results[memo] = (
-            _catalog_rows(lab),
+            lab.catalog_rows(),
             summary.duplicates,
             [(i.file, i.block, i.reason_code, i.reason) for i in summary.set_aside],
             {k: v[1] for k, v in lab.outputs().items()},
         )
     assert results[True] == results[False]
     rows = results[True][0]
-    statuses = {path: status for path, _, status, *_ in rows["files"]}
+    statuses = {path: status for path, _, _, status, *_ in rows["files"]}
     assert statuses == {
         "a1_orig": "ingested",
         "a2_copy": "duplicate",
